@@ -1,0 +1,69 @@
+"""Offline default: scikit-learn's bundled digits (32x32 RGB), small CNN, NSH, 64 bits.
+
+Needs no download; trains on a 2-core CPU in a few minutes.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "digits"
+  config.dataset.data_dir = ""
+  config.dataset.download = False
+  config.dataset.image_size = 32
+  config.dataset.normalization = "imagenet"
+  # Augmentation (MoCo-v2 style; see nsh_jax/augment.py).
+  config.dataset.min_scale = 0.5
+  config.dataset.brightness = 0.4
+  config.dataset.contrast = 0.4
+  config.dataset.saturation = 0.4
+  config.dataset.hue = 0.1
+  config.dataset.jitter_prob = 0.8
+  config.dataset.gray_prob = 0.2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "small_cnn"
+  config.model.pretrained = False
+  config.model.frozen = False
+  config.model.bits = 64
+  config.model.bit_list = ()  # e.g. (16, 32, 64) for a nested (NHL) run
+  config.model.latent_dim = 128
+  config.model.bf16 = False
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "nsh"
+  config.loss.num_positives = 2
+  config.loss.temperature = 0.3
+  # SoftSort temperature in Hamming bits (tau_s * d); 1.0 = one bit.
+  config.loss.sort_temperature = 1.0
+  config.loss.sort_temperature_start = 0.0  # 0: no annealing
+  config.loss.sort_anneal_steps = 0
+  config.loss.sorter = "softsort"
+  config.loss.quant_weight = 0.1
+  config.loss.distill_weight = 0.0  # NHL cascade distillation (nested runs)
+  config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 600
+  config.train.batch_size = 128
+  config.train.optimizer = "adamw"
+  config.train.learning_rate = 1e-3
+  config.train.final_lr_fraction = 0.05
+  config.train.weight_decay = 1e-4
+  config.train.grad_clip = 1.0
+  config.train.warmup_steps = 50
+  config.train.log_every = 50
+  config.train.eval_every = 0  # 0: evaluate at the end only
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 3
+  config.train.on_nonfinite = "stop"  # or "skip"
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.top_k = 1000  # 0 = the whole database (mAP@all)
+
+  config.quantizer = "sign"
+  return config

@@ -1,0 +1,211 @@
+"""Hashing losses as small pure functions: ``(arrays) -> scalar``.
+
+* :func:`sorted_nce` -- NSH's SortedNCE (the public contract, exact and fast).
+* :func:`nt_xent` -- contrastive hashing without sorting (CIBHash-style ablation).
+* :func:`dpsh_loss`, :func:`csq_loss`, :func:`dsh_loss` -- supervised bases for NHL.
+* :func:`quantization_penalty`, :func:`sign_ste` -- helpers shared by trainers.
+
+All compute in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from nsh_jax import sorting
+from nsh_jax.retrieval import binarize
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _check_pair(name_a: str, a, name_b: str, b) -> None:
+  if a.ndim != 2 or b.ndim != 2:
+    raise ValueError(f"{name_a} and {name_b} must be 2-D [n, d]; got shapes "
+                     f"{tuple(a.shape)} and {tuple(b.shape)}")
+  if a.shape != b.shape:
+    raise ValueError(f"{name_a} and {name_b} must have the same shape; got "
+                     f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
+               latents_b: jax.Array, *, num_positives: int = 2,
+               temperature: float | jax.Array = 0.3,
+               sort_temperature: Optional[float | jax.Array] = None,
+               sorter: str = "softsort") -> jax.Array:
+  r"""SortedNCE (Yu et al., IJCAI 2022), exact, O(n^2 log n) time, O(n^2) memory.
+
+  Anchor ``i`` uses code ``a_i`` and latent ``za_i``; candidates ``j`` use
+  ``b_j`` and ``zb_j`` (all ``n`` of them, the anchor's other view included).
+
+  * ``s_ij = <a_i, b_j> / (2d) + 1/2``; ``tau_s = sort_temperature or 1/d``.
+  * ``P_i[r, j] = softmax_j(-|sort_desc(s_i)_r - s_ij| / tau_s)`` (SoftSort).
+  * ``E_ir = sum_j P_i[r, j] zb_j``; ``c_ir = <E_ir, za_i> / temperature``.
+  * ranks ``1..m`` positive, ``m+1..n`` negative::
+
+      L = mean_{i, k<=m} -log( e^{c_ik} / (e^{c_ik} + sum_{r>m} e^{c_ir}) )
+
+  ``E`` is never formed: ``c_ir = sum_j P_i[r, j] <zb_j, za_i> / temperature``,
+  and ``P_i`` is applied to that row of inner products by
+  :func:`nsh_jax.sorting.soft_sort_apply` without being formed either.
+
+  Args:
+    codes_a: ``[n, d]`` relaxed codes of the anchors (e.g. ``tanh`` outputs).
+    codes_b: ``[n, d]`` relaxed codes of the candidates.
+    latents_a: ``[n, d_z]`` anchor latents (L2-normalised in NSH).
+    latents_b: ``[n, d_z]`` candidate latents.
+    num_positives: ``m``, the number of top ranks treated as positives.
+    temperature: contrastive temperature.
+    sort_temperature: SoftSort temperature in similarity units; ``None`` means
+      ``1/d`` (one Hamming bit).
+    sorter: ``'softsort'`` (exact fast path, default) or ``'ott'``.
+
+  Returns:
+    Scalar float32 loss.  Use ``jax.vmap`` for a leading batch of problems.
+  """
+  codes_a, codes_b = jnp.asarray(codes_a), jnp.asarray(codes_b)
+  latents_a, latents_b = jnp.asarray(latents_a), jnp.asarray(latents_b)
+  _check_pair("codes_a", codes_a, "codes_b", codes_b)
+  _check_pair("latents_a", latents_a, "latents_b", latents_b)
+  n, d = codes_a.shape
+  if latents_a.shape[0] != n:
+    raise ValueError(f"codes and latents must have the same n; got codes "
+                     f"{tuple(codes_a.shape)} and latents {tuple(latents_a.shape)}")
+  m = int(num_positives)
+  if m < 1 or n <= m:
+    raise ValueError(f"need 1 <= num_positives < n; got num_positives={m}, n={n}")
+  if sort_temperature is None:
+    sort_temperature = 1.0 / d
+  sim = sorting.hamming_similarity(codes_a, codes_b)  # [n, n]
+  dots = jnp.einsum("id,jd->ij", latents_a.astype(jnp.float32),
+                    latents_b.astype(jnp.float32), precision=_HI)  # <za_i, zb_j>
+  logits = sorting.sort_gather(sim, dots, sort_temperature, sorter) / temperature
+  return ranked_nce(logits, m)
+
+
+def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
+  """NCE over ranked logits: ranks ``< m`` positive, the rest negative.
+
+  ``L = mean_{i, k<m} [logaddexp(c_ik, lse_{r>=m} c_ir) - c_ik]`` for logits
+  ``c`` of shape ``[n, n_ranks]`` (a proper log-sum-exp, no double softmax).
+  """
+  m = num_positives
+  negatives = jax.nn.logsumexp(logits[:, m:], axis=-1, keepdims=True)
+  positives = logits[:, :m]
+  return jnp.mean(jnp.logaddexp(positives, negatives) - positives)
+
+
+def symmetric_sorted_nce(codes_1, codes_2, latents_1, latents_2,
+                         **kwargs) -> jax.Array:
+  """Average of SortedNCE with each view as the anchor: the NSH training loss."""
+  return 0.5 * (sorted_nce(codes_1, codes_2, latents_1, latents_2, **kwargs)
+                + sorted_nce(codes_2, codes_1, latents_2, latents_1, **kwargs))
+
+
+def nt_xent(features_1: jax.Array, features_2: jax.Array,
+            temperature: float = 0.3) -> jax.Array:
+  """NT-Xent (SimCLR) between two views, both directions, cosine similarity.
+
+  For ``u = normalise([f1; f2])`` (``2n`` rows), row ``i``'s positive is its other
+  view and the other ``2n - 2`` rows are negatives:
+  ``L = mean_i -log softmax_{j != i}(u_i . u_j / T)[pos(i)]``.
+  """
+  u = jnp.concatenate([features_1, features_2]).astype(jnp.float32)
+  u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+  n2 = u.shape[0]
+  n = n2 // 2
+  logits = jnp.einsum("id,jd->ij", u, u, precision=_HI) / temperature
+  logits = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, logits)
+  pos = jnp.concatenate([jnp.arange(n, n2), jnp.arange(n)])
+  return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(n2), pos])
+
+
+def sign_ste(x: jax.Array) -> jax.Array:
+  """Straight-through sign: forward ``sign(x)`` (0 -> +1), backward identity."""
+  return x + jax.lax.stop_gradient(binarize(x).astype(x.dtype) - x)
+
+
+def quantization_penalty(codes: jax.Array) -> jax.Array:
+  """``mean((|b| - 1)^2)``: pulls relaxed codes towards the corners of the cube."""
+  codes = codes.astype(jnp.float32)
+  return jnp.mean((jnp.abs(codes) - 1.0) ** 2)
+
+
+def label_similarity(labels_a: jax.Array, labels_b: jax.Array) -> jax.Array:
+  """``S_ij = 1`` if items share at least one label, else 0.
+
+  Labels are ``[n]`` ints or ``[n, C]`` multi-hot; returns ``[n_a, n_b]`` float32.
+  """
+  if labels_a.ndim == 1:
+    return (labels_a[:, None] == labels_b[None, :]).astype(jnp.float32)
+  shared = jnp.einsum("ic,jc->ij", labels_a.astype(jnp.float32),
+                      labels_b.astype(jnp.float32), precision=_HI)
+  return (shared > 0).astype(jnp.float32)
+
+
+def dpsh_loss(codes: jax.Array, labels: jax.Array) -> jax.Array:
+  """DPSH pairwise likelihood (Li et al. 2016) on relaxed codes ``u`` [n, d].
+
+  ``theta_ij = <u_i, u_j> / 2``; ``L = mean_ij softplus(theta_ij) - S_ij theta_ij``.
+  """
+  u = codes.astype(jnp.float32)
+  theta = 0.5 * jnp.einsum("id,jd->ij", u, u, precision=_HI)
+  s = label_similarity(labels, labels)
+  return jnp.mean(jax.nn.softplus(theta) - s * theta)
+
+
+def hadamard_centers(num_classes: int, bits: int, seed: int = 0) -> jnp.ndarray:
+  """CSQ hash centres: rows of a Hadamard matrix (and their negatives), else
+  random +-1 (Yuan et al. 2020).  Returns ``[num_classes, bits]`` of +-1."""
+  import numpy as np
+  import scipy.linalg
+  if bits & (bits - 1) == 0 and 2 * bits >= num_classes:
+    h = scipy.linalg.hadamard(bits)
+    centers = np.concatenate([h, -h])[:num_classes]
+  else:
+    rng = np.random.default_rng(seed)
+    centers = np.where(rng.random((num_classes, bits)) < 0.5, -1.0, 1.0)
+  return jnp.asarray(centers, jnp.float32)
+
+
+def csq_loss(codes: jax.Array, labels: jax.Array, centers: jax.Array,
+             quant_weight: float = 1e-4) -> jax.Array:
+  """CSQ (central similarity quantization) on ``tanh`` codes ``u`` [n, d].
+
+  The target of an item is its class centre (multi-label: the sign of the sum of
+  its labels' centres); ``L = BCE((u+1)/2, (c+1)/2) + q * mean((|u|-1)^2)``.
+  """
+  u = codes.astype(jnp.float32)
+  if labels.ndim == 1:
+    target = centers[labels]
+  else:
+    target = binarize(labels.astype(jnp.float32) @ centers).astype(jnp.float32)
+  p = jnp.clip((u + 1.0) / 2.0, 1e-6, 1 - 1e-6)
+  t = (target + 1.0) / 2.0
+  bce = -jnp.mean(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
+  return bce + quant_weight * quantization_penalty(u)
+
+
+def dsh_loss(codes: jax.Array, labels: jax.Array, margin: Optional[float] = None,
+             alpha: float = 0.01) -> jax.Array:
+  """DSH contrastive margin loss (Liu et al. 2016) on real codes ``u`` [n, d].
+
+  ``L = mean_ij [S_ij D_ij / 2 + (1 - S_ij) max(m - D_ij, 0) / 2]
+  + alpha * mean(| |u| - 1 |)``, ``D_ij = ||u_i - u_j||^2``, margin ``m = 2d``.
+  """
+  u = codes.astype(jnp.float32)
+  d = u.shape[-1]
+  margin = 2.0 * d if margin is None else margin
+  sq = jnp.sum(u * u, -1)
+  dist = jnp.maximum(sq[:, None] + sq[None, :]
+                     - 2 * jnp.einsum("id,jd->ij", u, u, precision=_HI), 0.0)
+  s = label_similarity(labels, labels)
+  pair = 0.5 * s * dist + 0.5 * (1 - s) * jnp.maximum(margin - dist, 0.0)
+  return jnp.mean(pair) + alpha * jnp.mean(jnp.abs(jnp.abs(u) - 1.0))
+
+
+SUPERVISED_LOSSES = ("dpsh", "csq", "dsh")
+UNSUPERVISED_LOSSES = ("nsh", "contrastive")

@@ -1,0 +1,230 @@
+"""The NSH encoder: backbone + tanh hash head + L2-normalised latent head (Flax Linen).
+
+``HashEncoder(...).apply(params, images)`` maps float images ``[n, H, W, 3]``
+(already normalised by :func:`nsh_jax.augment.normalize`) to
+
+* ``logits`` ``[n, max_bits]`` -- pre-activation hash outputs (continuous
+  embeddings for H2Q / ITQ, and the nested head's prefixes, see
+  :mod:`nsh_jax.nested`);
+* ``codes`` ``[n, max_bits]`` -- ``tanh(logits)``, relaxed codes in ``[-1, 1]``;
+* ``latents`` ``[n, latent_dim]`` -- L2-normalised latent for SortedNCE;
+* ``features`` ``[n, F]`` -- the backbone output both heads read.
+
+Backbones: ``small_cnn`` (32x32 inputs, trains on a CPU in minutes),
+``vgg16`` (fc7 features) and ``resnet50`` (pooled features), the last two with
+ImageNet weights converted from ``tf.keras.applications`` by
+:func:`load_keras_weights`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BACKBONES = ("small_cnn", "vgg16", "resnet50")
+
+
+class SmallCNN(nn.Module):
+  """Three conv stages (GroupNorm, ReLU, max-pool) and a dense layer: 32x32 in."""
+  widths: Sequence[int] = (32, 64, 128)
+  features: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i, w in enumerate(self.widths):
+      for j in range(2):
+        x = nn.Conv(w, (3, 3), dtype=self.dtype, name=f"conv{i}_{j}")(x)
+        x = nn.GroupNorm(num_groups=8, dtype=self.dtype, name=f"norm{i}_{j}")(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc")(x))
+
+
+_VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+class VGG16(nn.Module):
+  """VGG-16 with the Keras layer names; returns fc7 (4096-d, after ReLU).
+
+  With ``include_fc=False`` (any input size) returns the global-average-pooled
+  block5 features (512-d) instead.
+  """
+  include_fc: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for b, (w, reps) in enumerate(_VGG16_BLOCKS, start=1):
+      for c in range(1, reps + 1):
+        x = nn.relu(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{b}_conv{c}")(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+    if not self.include_fc:
+      return jnp.mean(x, axis=(1, 2))
+    x = x.reshape((x.shape[0], -1))  # NHWC flatten, the order Keras uses
+    x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc1")(x))
+    return nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc2")(x))
+
+
+class _Bottleneck(nn.Module):
+  filters: int
+  stride: int
+  project: bool
+  prefix: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.99,
+                                   epsilon=1.001e-5, dtype=self.dtype,
+                                   name=f"{self.prefix}_{name}")
+    shortcut = x
+    if self.project:
+      shortcut = nn.Conv(4 * self.filters, (1, 1), (self.stride, self.stride),
+                         dtype=self.dtype, name=f"{self.prefix}_0_conv")(x)
+      shortcut = bn("0_bn")(shortcut)
+    y = nn.Conv(self.filters, (1, 1), (self.stride, self.stride), dtype=self.dtype,
+                name=f"{self.prefix}_1_conv")(x)
+    y = nn.relu(bn("1_bn")(y))
+    y = nn.Conv(self.filters, (3, 3), padding="SAME", dtype=self.dtype,
+                name=f"{self.prefix}_2_conv")(y)
+    y = nn.relu(bn("2_bn")(y))
+    y = nn.Conv(4 * self.filters, (1, 1), dtype=self.dtype, name=f"{self.prefix}_3_conv")(y)
+    y = bn("3_bn")(y)
+    return nn.relu(shortcut + y)
+
+
+class ResNet50(nn.Module):
+  """ResNet-50 (v1, Keras layout and names); returns pooled 2048-d features."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    x = nn.Conv(64, (7, 7), (2, 2), padding="VALID", dtype=self.dtype, name="conv1_conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1.001e-5,
+                     dtype=self.dtype, name="conv1_bn")(x)
+    x = nn.relu(x)
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x = nn.max_pool(x, (3, 3), (2, 2))
+    for stage, (filters, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=2):
+      for block in range(1, blocks + 1):
+        stride = 2 if (block == 1 and stage > 2) else 1
+        x = _Bottleneck(filters, stride, block == 1, f"conv{stage}_block{block}",
+                        self.dtype)(x, train)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class HashEncoder(nn.Module):
+  """Backbone + hash head (``max_bits`` pre-activations, tanh codes) + latent head.
+
+  ``frozen`` stops gradients at the backbone's output (a frozen pretrained
+  feature extractor, as in the NSH reimplementations).
+  """
+  backbone: str = "small_cnn"
+  bits: int = 64
+  latent_dim: int = 128
+  frozen: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    if self.backbone == "small_cnn":
+      feats = SmallCNN(dtype=self.dtype, name="backbone")(images)
+    elif self.backbone == "vgg16":
+      feats = VGG16(include_fc=images.shape[1] == 224, dtype=self.dtype,
+                    name="backbone")(images)
+    elif self.backbone == "resnet50":
+      feats = ResNet50(dtype=self.dtype, name="backbone")(images, train and not self.frozen)
+    else:
+      raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {BACKBONES}")
+    if self.frozen:
+      feats = jax.lax.stop_gradient(feats)
+    feats = feats.astype(jnp.float32)
+    logits = nn.Dense(self.bits, name="hash")(feats)
+    latents = nn.Dense(self.latent_dim, name="latent")(feats)
+    latents = latents / jnp.maximum(jnp.linalg.norm(latents, axis=-1, keepdims=True), 1e-12)
+    return {"logits": logits, "codes": jnp.tanh(logits), "latents": latents,
+            "features": feats}
+
+
+# ------------------------------------------------------------- Keras weights
+
+
+def keras_backbone(name: str, weights: str | None = "imagenet", input_shape=(224, 224, 3)):
+  """The Keras application matching a backbone (``weights=None`` builds it offline)."""
+  import tensorflow as tf
+  if name == "vgg16":
+    include_top = tuple(input_shape[:2]) == (224, 224)
+    return tf.keras.applications.VGG16(include_top=include_top, weights=weights,
+                                       input_shape=input_shape)
+  if name == "resnet50":
+    return tf.keras.applications.ResNet50(include_top=False, weights=weights,
+                                          input_shape=input_shape)
+  raise ValueError(f"no Keras weights for backbone {name!r}; use vgg16 or resnet50")
+
+
+def convert_keras_weights(keras_model) -> dict:
+  """Keras application layers -> Flax ``{'params': ..., 'batch_stats': ...}`` for
+  the backbone (same layer names; conv kernels are HWIO in both)."""
+  params, stats = {}, {}
+  for layer in keras_model.layers:
+    w = [np.asarray(v) for v in layer.get_weights()]
+    if not w:
+      continue
+    kind = type(layer).__name__
+    if kind in ("Conv2D", "Dense"):
+      params[layer.name] = {"kernel": w[0], "bias": w[1]}
+    elif kind == "BatchNormalization":
+      gamma, beta, mean, var = w
+      params[layer.name] = {"scale": gamma, "bias": beta}
+      stats[layer.name] = {"mean": mean, "var": var}
+  if "predictions" in params:
+    del params["predictions"]
+  return {"params": params, "batch_stats": stats}
+
+
+def _nest_resnet(tree: dict) -> dict:
+  """Flat Keras names -> the module tree of :class:`ResNet50` (blocks are submodules)."""
+  out = {}
+  for name, leaf in tree.items():
+    if name.startswith("conv1_"):
+      out[name] = leaf
+    else:
+      stage_block = "_".join(name.split("_")[:2])  # e.g. conv2_block1
+      idx = _RESNET_BLOCKS.index(stage_block)
+      out.setdefault(f"_Bottleneck_{idx}", {})[name] = leaf
+  return out
+
+
+_RESNET_BLOCKS = [f"conv{s}_block{b}" for s, n in ((2, 3), (3, 4), (4, 6), (5, 3))
+                  for b in range(1, n + 1)]
+
+
+def load_keras_weights(variables: dict, backbone: str, keras_model=None) -> dict:
+  """Replaces the backbone's variables in ``variables`` with converted Keras ones.
+
+  ``keras_model`` defaults to the ImageNet-pretrained application (Keras
+  downloads it where there is internet).
+  """
+  import flax
+  keras_model = keras_model if keras_model is not None else keras_backbone(backbone)
+  conv = convert_keras_weights(keras_model)
+  if backbone == "resnet50":
+    conv = {k: _nest_resnet(v) for k, v in conv.items()}
+  variables = flax.core.unfreeze(variables)
+  for collection, tree in conv.items():
+    if not tree:
+      continue
+    target = variables[collection]["backbone"]
+    missing = set(target) ^ set(tree)
+    if missing:
+      raise ValueError(f"Keras {backbone} layers do not match the Flax backbone: {sorted(missing)[:5]}")
+    variables[collection]["backbone"] = jax.tree.map(
+        lambda old, new: jnp.asarray(new, old.dtype).reshape(old.shape), target, tree)
+  return variables
