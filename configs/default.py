@@ -43,22 +43,26 @@ def get_config():
   config.loss.sort_temperature_start = 0.0  # 0: no annealing
   config.loss.sort_anneal_steps = 0
   config.loss.sorter = "softsort"
+  # Sort by sign codes (straight-through) instead of relaxed tanh codes.
+  config.loss.straight_through = True
   config.loss.quant_weight = 0.1
+  # Bit balance mean_k(mean_i b_ik)^2: keeps codes from collapsing from scratch.
+  config.loss.balance_weight = 1.0
   config.loss.distill_weight = 0.0  # NHL cascade distillation (nested runs)
   config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 600
-  config.train.batch_size = 128
+  config.train.steps = 300
+  config.train.batch_size = 64
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3
   config.train.final_lr_fraction = 0.05
   config.train.weight_decay = 1e-4
   config.train.grad_clip = 1.0
-  config.train.warmup_steps = 50
-  config.train.log_every = 50
+  config.train.warmup_steps = 30
+  config.train.log_every = 25
   config.train.eval_every = 0  # 0: evaluate at the end only
-  config.train.checkpoint_every = 100
+  config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 3
   config.train.on_nonfinite = "stop"  # or "skip"
 

@@ -49,7 +49,7 @@ def validate(config, device_count: int = 1) -> None:
   for key, value in positive.items():
     if not value > 0:
       raise ConfigError(f"config.{key} must be > 0; got {value}")
-  for key in ("train.warmup_steps", "train.eval_every", "loss.quant_weight"):
+  for key in ("train.warmup_steps", "train.eval_every", "loss.quant_weight", "loss.balance_weight"):
     if _get(config, key) < 0:
       raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")
   if config.eval.top_k is not None and config.eval.top_k < 0:

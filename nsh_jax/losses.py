@@ -134,6 +134,13 @@ def quantization_penalty(codes: jax.Array) -> jax.Array:
   return jnp.mean((jnp.abs(codes) - 1.0) ** 2)
 
 
+def bit_balance_penalty(codes: jax.Array) -> jax.Array:
+  """``mean_k (mean_i b_ik)^2`` for codes ``[n, d]``: 0 when every bit splits the
+  batch in half, 1 when all codes are identical +-1 vectors (collapse)."""
+  codes = codes.astype(jnp.float32)
+  return jnp.mean(jnp.mean(codes, axis=0) ** 2)
+
+
 def label_similarity(labels_a: jax.Array, labels_b: jax.Array) -> jax.Array:
   """``S_ij = 1`` if items share at least one label, else 0.
 

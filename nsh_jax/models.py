@@ -29,18 +29,23 @@ BACKBONES = ("small_cnn", "vgg16", "resnet50")
 
 
 class SmallCNN(nn.Module):
-  """Three conv stages (GroupNorm, ReLU, max-pool) and a dense layer: 32x32 in."""
-  widths: Sequence[int] = (32, 64, 128)
+  """A 2x2/stride-2 stem, then conv-GroupNorm-ReLU-maxpool stages: 32x32 in.
+
+  Sized for CPUs (XLA's CPU convolutions are slow): the patchify stem halves the
+  resolution before any 3x3 convolution.
+  """
+  stem: int = 32
+  widths: Sequence[int] = (64, 128, 256)
   features: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    x = nn.Conv(self.stem, (2, 2), (2, 2), dtype=self.dtype, name="stem")(x)
+    x = nn.relu(nn.GroupNorm(num_groups=8, dtype=self.dtype, name="stem_norm")(x))
     for i, w in enumerate(self.widths):
-      for j in range(2):
-        x = nn.Conv(w, (3, 3), dtype=self.dtype, name=f"conv{i}_{j}")(x)
-        x = nn.GroupNorm(num_groups=8, dtype=self.dtype, name=f"norm{i}_{j}")(x)
-        x = nn.relu(x)
+      x = nn.Conv(w, (3, 3), dtype=self.dtype, name=f"conv{i}")(x)
+      x = nn.relu(nn.GroupNorm(num_groups=8, dtype=self.dtype, name=f"norm{i}")(x))
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = jnp.mean(x, axis=(1, 2))
     return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc")(x))

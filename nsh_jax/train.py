@@ -114,8 +114,13 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
   c1, c2 = out1["codes"][:, :bits], out2["codes"][:, :bits]
   if name == "nsh":
     tau_bits = sort_temperature(config, step)
+    s1, s2 = c1, c2
+    if config.loss.get("straight_through"):
+      # Sort by exact Hamming similarity of the sign codes; gradients pass
+      # straight through to the relaxed codes (docs/training.md).
+      s1, s2 = losses.sign_ste(c1), losses.sign_ste(c2)
     main = losses.symmetric_sorted_nce(
-        c1, c2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
+        s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
         temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
         sorter=config.loss.sorter)
   elif name == "contrastive":
@@ -131,7 +136,8 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
   else:
     raise ValueError(f"unknown loss.name {name!r}")
   quant = 0.5 * (losses.quantization_penalty(c1) + losses.quantization_penalty(c2))
-  return main + config.loss.quant_weight * quant, main
+  balance = 0.5 * (losses.bit_balance_penalty(c1) + losses.bit_balance_penalty(c2))
+  return (main + config.loss.quant_weight * quant + config.loss.balance_weight * balance, main)
 
 
 # --------------------------------------------------------------- train step

@@ -1,0 +1,139 @@
+"""Metrics and search against independent NumPy implementations of the definitions."""
+
+import os
+
+import numpy as np
+import pytest
+
+from nsh_jax import metrics, retrieval
+
+
+def ref_ap(q, x, ql, dl, k):
+  """Per-query loop: Hamming via +-1 dot, stable argsort (ties by index), AP@k."""
+  qs, xs = np.where(q >= 0, 1, -1), np.where(x >= 0, 1, -1)
+  aps = []
+  for i in range(len(q)):
+    dist = (q.shape[1] - xs @ qs[i]) // 2
+    order = np.argsort(dist, kind="stable")[:k]
+    if dl.ndim == 1:
+      rel = (dl[order] == ql[i]).astype(float)
+    else:
+      rel = ((dl[order] @ ql[i]) > 0).astype(float)
+    if rel.sum() == 0:
+      aps.append(0.0)
+      continue
+    prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    aps.append(float((prec * rel).sum() / rel.sum()))
+  return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("bits,k", [(8, 5), (16, 50), (32, None), (12, 10_000)])
+def test_map_matches_reference_with_ties(bits, k):
+  rng = np.random.default_rng(bits)
+  x = rng.normal(size=(300, bits))
+  q = rng.normal(size=(40, bits))
+  dl = rng.integers(0, 5, 300)
+  ql = rng.integers(0, 7, 40)  # classes 5, 6 have no relevant items: AP 0
+  x[:30] = x[30:60]  # duplicated codes: exact ties
+  got = metrics.mean_average_precision(q, x, ql, dl, top_k=k)
+  want = ref_ap(q, x, ql, dl, 300 if k is None else min(k, 300))
+  assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_map_multilabel_and_perfect():
+  rng = np.random.default_rng(0)
+  dl = (rng.random((200, 6)) < 0.3).astype(np.int32)
+  ql = (rng.random((20, 6)) < 0.3).astype(np.int32)
+  x, q = rng.normal(size=(200, 16)), rng.normal(size=(20, 16))
+  assert metrics.mean_average_precision(q, x, ql, dl, 50) == pytest.approx(
+      ref_ap(q, x, ql, dl, 50), abs=1e-6)
+  # Codes equal to class codes: every relevant item at distance 0, first: mAP = 1.
+  labels = rng.integers(0, 4, 100)
+  codes = np.sign(rng.normal(size=(4, 16)))[labels]
+  assert metrics.mean_average_precision(codes[:10], codes, labels[:10], labels) == 1.0
+
+
+def test_precision_recall_and_p_at_h2():
+  rng = np.random.default_rng(1)
+  x, q = np.sign(rng.normal(size=(150, 8))), np.sign(rng.normal(size=(12, 8)))
+  dl, ql = rng.integers(0, 3, 150), rng.integers(0, 3, 12)
+  dist = (q[:, None, :] != x[None, :, :]).sum(-1)
+  rel = ql[:, None] == dl[None, :]
+  pr = metrics.precision_recall_by_radius(q, x, ql, dl)
+  for r in range(9):
+    ret = dist <= r
+    tp = (ret & rel).sum(1)
+    prec = np.where(ret.sum(1) > 0, tp / np.maximum(ret.sum(1), 1), 0).mean()
+    rec = (tp / rel.sum(1)).mean()
+    assert pr["precision"][r] == pytest.approx(prec)
+    assert pr["recall"][r] == pytest.approx(rec)
+  assert metrics.precision_within_radius(q, x, ql, dl, 2) == pytest.approx(pr["precision"][2])
+  pn = metrics.precision_at_n(q, x, ql, dl, ns=(1, 10, 150))
+  order = np.argsort(dist, axis=1, kind="stable")
+  for n in (1, 10, 150):
+    assert pn[n] == pytest.approx(np.take_along_axis(rel, order, 1)[:, :n].mean())
+
+
+def test_packed_hamming_equals_pm1_formula():
+  rng = np.random.default_rng(2)
+  for bits in (1, 7, 8, 33, 64, 100):
+    a, b = rng.normal(size=(9, bits)), rng.normal(size=(11, bits))
+    sa, sb = np.where(a >= 0, 1, -1), np.where(b >= 0, 1, -1)
+    np.testing.assert_array_equal(retrieval.hamming_distance(a, b), (bits - sa @ sb.T) // 2)
+    np.testing.assert_array_equal(
+        retrieval.unpack_codes(retrieval.pack_codes(a), bits), sa)
+
+
+def test_search_equals_bruteforce():
+  rng = np.random.default_rng(3)
+  db = np.sign(rng.normal(size=(5000, 16)))
+  db[100:200] = db[:100]  # ties
+  q = np.sign(rng.normal(size=(70, 16)))
+  dist, idx = retrieval.search(retrieval.pack_codes(q), retrieval.pack_codes(db), 25,
+                               query_chunk=32)
+  full = (16 - q @ db.T) // 2
+  order = np.argsort(full, axis=1, kind="stable")[:, :25]
+  np.testing.assert_array_equal(idx, order)
+  np.testing.assert_array_equal(dist, np.take_along_axis(full, order, 1))
+  d2, i2 = retrieval.search(retrieval.pack_codes(q), retrieval.pack_codes(db), 10_000)
+  assert i2.shape == (70, 5000)
+
+
+def test_bad_inputs_raise_value_errors():
+  with pytest.raises(ValueError, match="equal bits"):
+    metrics.mean_average_precision(np.zeros((3, 8)), np.zeros((5, 16)), np.zeros(3), np.zeros(5))
+  with pytest.raises(ValueError, match="one row per code"):
+    metrics.mean_average_precision(np.zeros((3, 8)), np.zeros((5, 8)), np.zeros(4), np.zeros(5))
+  with pytest.raises(ValueError, match="same code length"):
+    retrieval.search(np.zeros((2, 2), np.uint8), np.zeros((5, 3), np.uint8), 1)
+
+
+def test_index_roundtrip_and_corruption(tmp_path):
+  rng = np.random.default_rng(4)
+  packed = retrieval.pack_codes(rng.normal(size=(50, 24)))
+  path = str(tmp_path / "db.npz")
+  retrieval.save_index(path, packed, 24, ids=np.arange(100, 150), labels=np.arange(50) % 3)
+  idx = retrieval.load_index(path)
+  np.testing.assert_array_equal(idx["codes"], packed)
+  assert idx["bits"] == 24 and idx["ids"][0] == 100
+  raw = open(path, "rb").read()
+  with open(path, "wb") as f:  # truncated
+    f.write(raw[: len(raw) // 2])
+  with pytest.raises(ValueError, match="unreadable|truncated"):
+    retrieval.load_index(path)
+  # Flip bytes inside the stored codes: the checksum catches it.
+  np.savez(path, header=np.load(str(tmp_path / "ok.npz"), allow_pickle=False)["header"]
+           if os.path.exists(str(tmp_path / "ok.npz")) else np.zeros(1, np.uint8),
+           codes=packed, ids=np.arange(50))
+  with pytest.raises(ValueError):
+    retrieval.load_index(path)
+  retrieval.save_index(path, packed, 24)
+  with np.load(path) as f:
+    parts = {k: f[k] for k in f.files}
+  parts["codes"] = parts["codes"].copy()
+  parts["codes"][0, 0] ^= 0xFF
+  np.savez(path, **parts)
+  with pytest.raises(ValueError, match="checksum"):
+    retrieval.load_index(path)
+  with pytest.raises(ValueError, match="not found"):
+    retrieval.load_index(str(tmp_path / "missing.npz"))

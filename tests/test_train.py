@@ -1,0 +1,174 @@
+"""The trainer: multi-device equivalence, resume, data paths, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED_NPZ
+from helpers import TINY, run_main
+
+STEP_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, jax
+    from configs import default
+    from nsh_jax import train
+    c = default.get_config()
+    c.train.batch_size = 16; c.model.bits = 16; c.model.latent_dim = 16
+    c.train.warmup_steps = 1
+    mesh = train.make_mesh()
+    state = train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10)
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    step = train.make_train_step(c, mesh)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(3):
+        x = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
+        y = rng.integers(0, 10, 16).astype(np.int32)
+        state, m = step(state, jax.device_put(x, data), jax.device_put(y, data))
+        losses.append(float(m["loss"]))
+    flat = np.concatenate([np.ravel(l) for l in jax.tree.leaves(jax.device_get(state.params))])
+    np.savez(sys.argv[1], losses=np.array(losses), params=flat, n=jax.device_count())
+""")
+
+
+def _run_steps(tmp_path, devices):
+  out = str(tmp_path / f"steps_{devices}.npz")
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  subprocess.run([sys.executable, "-c", STEP_SCRIPT, out], cwd=ROOT, env=env, check=True,
+                 timeout=600)
+  return np.load(out)
+
+
+def test_eight_devices_match_one(tmp_path):
+  one, eight = _run_steps(tmp_path, 1), _run_steps(tmp_path, 8)
+  assert int(one["n"]) == 1 and int(eight["n"]) == 8
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
+  np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-3, atol=1e-5)
+
+
+def test_short_run_learns_and_resumes_after_kill(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = TINY + ["--config.train.steps=16", f"--workdir={workdir}"]
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen([sys.executable, "main.py"] + args, cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  ckpt = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill once a checkpoint past step 2 exists
+    if os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= 4 for d in os.listdir(ckpt)):
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  res = run_main(args)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "resumed from checkpoint" in res.stdout
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  hist = metrics["history"]
+  assert hist[-1]["loss"] < hist[0]["loss"]  # the loss falls
+  codes = np.load(os.path.join(workdir, "codes", "embeddings.npz"))["database"]
+  assert len(np.unique(np.sign(codes), axis=0)) > 1  # not collapsed: codes differ
+  assert os.path.exists(os.path.join(workdir, "codes", "database_16bit.npz"))
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert "mAP@100 16-bit:" in res.stdout
+
+
+@pytest.mark.parametrize("flag,expect", [
+    ("--config.model.bits=0", "model.bits"),
+    ("--config.loss.num_positives=16", "num_positives"),
+    ("--config.train.batch_size=12", "divisible"),
+    ("--config.loss.name=foo", "loss.name"),
+    ("--config.dataset.name=npz:/nonexistent.npz", "not found"),
+])
+def test_bad_config_is_one_line(tmp_path, flag, expect):
+  res = run_main(TINY + [flag, f"--workdir={tmp_path}"],
+                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert res.returncode == 2
+  err = [l for l in res.stderr.strip().splitlines() if l.strip()]
+  assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], res.stderr
+  assert "Traceback" not in res.stderr
+
+
+def test_unknown_key_and_wrong_type_fail_cleanly(tmp_path):
+  for flag in ("--config.train.stepz=3", "--config.train.steps=abc"):
+    res = run_main(TINY + [flag, f"--workdir={tmp_path}"])
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "train.step" in res.stderr
+
+
+def _npz(path, **kw):
+  base = dict(train_images=np.zeros((20, 8, 8, 3), np.uint8), train_labels=np.zeros(20, int),
+              test_images=np.zeros((5, 8, 8, 3), np.uint8), test_labels=np.zeros(5, int))
+  base.update(kw)
+  base = {k: v for k, v in base.items() if v is not None}
+  np.savez(path, **base)
+  return path
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"test_labels": None}, "missing keys"),
+    ({"train_images": np.zeros((20, 8, 8), np.uint8)}, "NHWC"),
+    ({"train_images": np.zeros((20, 8, 8, 3), np.float32)}, "uint8"),
+    ({"train_labels": np.zeros(19, int)}, "n=20"),
+    ({"test_images": np.zeros((0, 8, 8, 3), np.uint8), "test_labels": np.zeros(0, int)}, "empty"),
+])
+def test_bad_npz_is_a_clear_error(tmp_path, change, expect):
+  from nsh_jax import input_pipeline
+  path = _npz(str(tmp_path / "d.npz"), **change)
+  with pytest.raises(input_pipeline.DataError, match=expect):
+    input_pipeline.load_npz(path)
+
+
+def test_cifar10_split_with_mock_data():
+  import tensorflow_datasets as tfds
+  from nsh_jax import input_pipeline
+  with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
+    splits = input_pipeline.load_cifar10(seed=0, queries_per_class=10, train_per_class=50)
+  # mock_data gives train and test the same 1500 examples each.
+  assert splits.query_images.shape == (100, 32, 32, 3)
+  assert splits.db_images.shape[0] == 3000 - 100
+  assert splits.train_images.shape[0] == 500
+  assert np.all(np.bincount(splits.query_labels, minlength=10) == 10)
+  assert np.all(np.bincount(splits.train_labels, minlength=10) == 50)
+
+
+def test_cifar10_split_sizes_at_full_scale(monkeypatch):
+  """The standard protocol's sizes: 1,000 / 59,000 / 5,000, balanced, seeded."""
+  from nsh_jax import input_pipeline
+  rng = np.random.default_rng(0)
+  fake = {"train": (np.zeros((50000, 2, 2, 3), np.uint8), np.repeat(np.arange(10), 5000)),
+          "test": (np.zeros((10000, 2, 2, 3), np.uint8), np.repeat(np.arange(10), 1000))}
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(tfds, "load", lambda *a, **k: [fake["train"], fake["test"]])
+  monkeypatch.setattr(tfds, "as_numpy", lambda x: x)
+  s = input_pipeline.load_cifar10(seed=3)
+  assert (len(s.query_labels), len(s.db_labels), len(s.train_labels)) == (1000, 59000, 5000)
+  assert np.all(np.bincount(s.query_labels) == 100) and np.all(np.bincount(s.train_labels) == 500)
+  s2 = input_pipeline.load_cifar10(seed=3)
+  np.testing.assert_array_equal(s.train_labels, s2.train_labels)
+
+
+def test_batches_are_a_function_of_the_step():
+  from nsh_jax import input_pipeline
+  a = input_pipeline.batch_indices(100, 16, 0, 13)
+  b = input_pipeline.batch_indices(100, 16, 0, 13)
+  np.testing.assert_array_equal(a, b)
+  epoch = np.concatenate([input_pipeline.batch_indices(100, 16, 0, s) for s in range(6)])
+  assert len(set(epoch.tolist())) == 96
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="shared CIFAR-10 prefix absent")
+def test_shared_cifar_prefix_loads():
+  from nsh_jax import input_pipeline
+  s = input_pipeline.load_npz(SHARED_NPZ)
+  assert s.train_images.shape == (5085, 32, 32, 3) and s.query_images.shape == (1017, 32, 32, 3)
+  assert s.num_classes == 10
