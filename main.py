@@ -171,5 +171,17 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl flag parsing, but a bad key or value is one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # ml_collections raises AttributeError/ValueError/TypeError
+    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    where = f" (in {', '.join(given)})" if given else ""
+    print(f"error: bad command-line flag{where}: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

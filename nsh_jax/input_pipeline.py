@@ -131,13 +131,19 @@ def load_cifar10(seed: int = 0, data_dir: Optional[str] = None, download: bool =
                  queries_per_class: int = 100, train_per_class: int = 500) -> Splits:
   import tensorflow_datasets as tfds
   try:
-    train, test = tfds.load("cifar10", split=["train", "test"], batch_size=-1,
-                            as_supervised=True, data_dir=data_dir, download=download)
+    train, test = tfds.load("cifar10", split=["train", "test"], as_supervised=True,
+                            data_dir=data_dir, download=download)
   except Exception as e:
     raise DataError(f"TFDS cifar10 is not available ({type(e).__name__}): run once with "
                     f"internet to download it, or set dataset.data_dir to a prepared TFDS dir")
-  tr_x, tr_y = (np.asarray(a) for a in tfds.as_numpy(train))
-  te_x, te_y = (np.asarray(a) for a in tfds.as_numpy(test))
+  # Batched reads, not batch_size=-1: that crashes TF on generator-backed
+  # datasets of unknown size (tfds.testing.mock_data).
+  def to_numpy(ds):
+    parts = list(tfds.as_numpy(ds.batch(10000)))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+  tr_x, tr_y = to_numpy(train)
+  te_x, te_y = to_numpy(test)
   rng = np.random.default_rng(seed)
   q = _balanced_pick(te_y, queries_per_class, rng)
   rest_test = np.setdiff1d(np.arange(len(te_y)), q)

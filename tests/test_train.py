@@ -148,8 +148,10 @@ def test_cifar10_split_sizes_at_full_scale(monkeypatch):
   fake = {"train": (np.zeros((50000, 2, 2, 3), np.uint8), np.repeat(np.arange(10), 5000)),
           "test": (np.zeros((10000, 2, 2, 3), np.uint8), np.repeat(np.arange(10), 1000))}
   import tensorflow_datasets as tfds
-  monkeypatch.setattr(tfds, "load", lambda *a, **k: [fake["train"], fake["test"]])
-  monkeypatch.setattr(tfds, "as_numpy", lambda x: x)
+  import tensorflow as tf
+  monkeypatch.setattr(tfds, "load", lambda *a, **k: [
+      tf.data.Dataset.from_tensor_slices(fake["train"]),
+      tf.data.Dataset.from_tensor_slices(fake["test"])])
   s = input_pipeline.load_cifar10(seed=3)
   assert (len(s.query_labels), len(s.db_labels), len(s.train_labels)) == (1000, 59000, 5000)
   assert np.all(np.bincount(s.query_labels) == 100) and np.all(np.bincount(s.train_labels) == 500)
