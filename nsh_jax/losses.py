@@ -10,7 +10,6 @@ All compute in float32 whatever the input dtype.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import jax
@@ -213,6 +212,3 @@ def dsh_loss(codes: jax.Array, labels: jax.Array, margin: Optional[float] = None
   pair = 0.5 * s * dist + 0.5 * (1 - s) * jnp.maximum(margin - dist, 0.0)
   return jnp.mean(pair) + alpha * jnp.mean(jnp.abs(jnp.abs(u) - 1.0))
 
-
-SUPERVISED_LOSSES = ("dpsh", "csq", "dsh")
-UNSUPERVISED_LOSSES = ("nsh", "contrastive")

@@ -44,25 +44,41 @@ def _check(query_codes, db_codes, query_labels, db_labels):
   return q, x, ql, dl
 
 
-def _relevance(query_labels, db_labels):
-  """``[q, n]`` bool: same class, or >= 1 shared label for multi-hot."""
+def _relevance(query_labels, item_labels):
+  """Relevance of items to queries: same class, or >= 1 shared label (multi-hot).
+
+  ``query_labels`` ``[q]`` / ``[q, C]``; ``item_labels`` ``[q | 1, k]`` /
+  ``[q | 1, k, C]`` (each query's own items, or one list shared by all).
+  Returns ``[q, k]`` bool.  The one relevance rule every metric here uses.
+  """
   if query_labels.ndim == 1:
-    return query_labels[:, None] == db_labels[None, :]
-  return (query_labels.astype(jnp.float32) @ db_labels.astype(jnp.float32).T) > 0
+    return item_labels == query_labels[:, None]
+  shared = jnp.einsum("qkc,qc->qk", item_labels.astype(jnp.float32),
+                      query_labels.astype(jnp.float32))
+  return shared > 0
 
 
 def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k, query_chunk):
-  """Relevance of each query's top-``k`` ranked items, ``[q, k]`` bool, and the
-  number of relevant items in the whole database per query ``[q]``."""
+  """Relevance ``[q, k]`` of each query's top-``k`` items in Hamming order."""
   qp, dp = retrieval.pack_codes(query_codes), retrieval.pack_codes(db_codes)
   _, idx = retrieval.search(qp, dp, k, query_chunk=query_chunk)
-  dl = np.asarray(db_labels)
-  ql = np.asarray(query_labels)
-  if dl.ndim == 1:
-    rel = dl[idx] == ql[:, None]
-  else:
-    rel = np.einsum("qkc,qc->qk", dl[idx].astype(np.float32), ql.astype(np.float32)) > 0
-  return rel
+  return np.asarray(_relevance(jnp.asarray(query_labels), jnp.asarray(np.asarray(db_labels)[idx])))
+
+
+def _map_of(rel) -> float:
+  return float(np.mean(np.asarray(_average_precision(jnp.asarray(rel)))))
+
+
+def _precision_at_n_of(rel, ns) -> dict:
+  hits = np.cumsum(rel, axis=1)
+  return {n: float(np.mean(hits[:, n - 1] / n)) for n in ns}
+
+
+def _cutoff(top_k, n) -> int:
+  k = n if top_k is None else min(int(top_k), n)
+  if k < 1:
+    raise ValueError(f"top_k must be >= 1; got {top_k}")
+  return k
 
 
 @jax.jit
@@ -89,11 +105,8 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
     Python float.
   """
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
-  k = x.shape[0] if top_k is None else min(int(top_k), x.shape[0])
-  if k < 1:
-    raise ValueError(f"top_k must be >= 1; got {top_k}")
-  rel = _ranked_relevance(q, x, ql, dl, k, query_chunk)
-  return float(np.mean(np.asarray(_average_precision(jnp.asarray(rel)))))
+  k = _cutoff(top_k, x.shape[0])
+  return _map_of(_ranked_relevance(q, x, ql, dl, k, query_chunk))
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels,
@@ -102,9 +115,7 @@ def precision_at_n(query_codes, db_codes, query_labels, db_labels,
   """Mean precision of the top ``N`` retrieved items for each ``N`` in ``ns``."""
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   ns = [int(min(v, x.shape[0])) for v in ns]
-  rel = _ranked_relevance(q, x, ql, dl, max(ns), query_chunk)
-  hits = np.cumsum(rel, axis=1)
-  return {n: float(np.mean(hits[:, n - 1] / n)) for n in ns}
+  return _precision_at_n_of(_ranked_relevance(q, x, ql, dl, max(ns), query_chunk), ns)
 
 
 @jax.jit
@@ -135,7 +146,7 @@ def precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels,
   rel_c = np.zeros((q.shape[0], width))
   for i in range(0, q.shape[0], query_chunk):
     for j in range(0, x.shape[0], db_chunk):
-      rel = _relevance(jnp.asarray(ql[i:i + query_chunk]), jnp.asarray(dl[j:j + db_chunk]))
+      rel = _relevance(jnp.asarray(ql[i:i + query_chunk]), jnp.asarray(dl[None, j:j + db_chunk]))
       a, r = _radius_counts(jnp.asarray(qw[i:i + query_chunk]),
                             jnp.asarray(xw[j:j + db_chunk]), rel)
       all_c[i:i + query_chunk] += np.asarray(a)
@@ -155,13 +166,21 @@ def precision_within_radius(query_codes, db_codes, query_labels, db_labels,
 
 
 def evaluate_codes(query_codes, db_codes, query_labels, db_labels,
-                   top_k: Optional[int] = 1000) -> dict:
-  """The standard report for one code length: mAP@k, P@H<=2, P@N, PR curve."""
-  pr = precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels)
+                   top_k: Optional[int] = 1000,
+                   ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000)) -> dict:
+  """The standard report for one code length: mAP@k, P@H<=2, P@N, PR curve.
+
+  One Hamming ranking (to ``max(k, max(ns))``) serves both mAP@k and P@N.
+  """
+  q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
+  k = _cutoff(top_k, x.shape[0])
+  ns = [int(min(v, x.shape[0])) for v in ns]
+  rel = _ranked_relevance(q, x, ql, dl, max(k, max(ns)), 256)
+  pr = precision_recall_by_radius(q, x, ql, dl)
   return {
-      "map": mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k),
+      "map": _map_of(rel[:, :k]),
       "top_k": top_k,
       "p_at_h2": float(pr["precision"][min(2, len(pr["precision"]) - 1)]),
-      "precision_at_n": precision_at_n(query_codes, db_codes, query_labels, db_labels),
-      "pr_curve": {k: np.asarray(v).tolist() for k, v in pr.items()},
+      "precision_at_n": _precision_at_n_of(rel, ns),
+      "pr_curve": {name: np.asarray(v).tolist() for name, v in pr.items()},
   }

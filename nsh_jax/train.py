@@ -18,9 +18,7 @@ dominance-aware ``w`` and cascade distillation ``D`` (:mod:`nsh_jax.nested`).
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Optional
