@@ -338,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   if config.loss.name == "csq":
     centers = losses.hadamard_centers(splits.num_classes, max(bit_list(config)), config.seed)
   step_fn = make_train_step(config, mesh, centers)
+  encode_fn = make_encode_fn(config, mesh)  # compiled once, for periodic and final evaluation
   data = NamedSharding(mesh, P("data"))
   writer = _summary_writer(workdir)
   total = int(config.train.steps)
@@ -378,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
         manager.wait_until_finished()
         last_good = done
     if config.train.eval_every and done % config.train.eval_every == 0 and done < total:
-      res = evaluate(config, state, splits, mesh, workdir=None, log=log)
+      res = evaluate(config, state, splits, mesh, workdir=None, log=log, encode_fn=encode_fn)
       if writer:
         for b, r in res["by_bits"].items():
           writer.scalar(f"eval/map_{b}bit", r["map"], done)
@@ -386,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   if start >= total:
     log(f"training already finished at step {start}; evaluating")
   log(f"training done in {_fmt_time(time.time() - t_start)}")
-  result = evaluate(config, state, splits, mesh, workdir=workdir, log=log)
+  result = evaluate(config, state, splits, mesh, workdir=workdir, log=log, encode_fn=encode_fn)
   result["train_seconds"] = time.time() - t_start
   result["history"] = history
   if writer:
@@ -438,13 +439,14 @@ def quantize_codes(config, train_emb, query_emb, db_emb, bits: int):
   return householder.apply(q, query_emb[:, :bits]), householder.apply(q, db_emb[:, :bits])
 
 
-def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print) -> dict:
+def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print,
+             encode_fn: Optional[Callable] = None) -> dict:
   """Encodes query and database, reports the standard metrics for every length.
 
   Prints ``mAP@<k> <bits>-bit: <value>`` per length; with ``workdir`` writes
   codes (``codes/{query,database}_<bits>bit.npz``) and plots.
   """
-  encode_fn = make_encode_fn(config, mesh)
+  encode_fn = encode_fn or make_encode_fn(config, mesh)  # pass one in to avoid recompiles
   q_emb = encode_images(encode_fn, state, splits.query_images, mesh)
   db_emb = encode_images(encode_fn, state, splits.db_images, mesh)
   train_emb = None
