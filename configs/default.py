@@ -45,6 +45,10 @@ def get_config():
   config.loss.sorter = "softsort"
   # Sort by sign codes (straight-through) instead of relaxed tanh codes.
   config.loss.straight_through = True
+  # NT-Xent between the two views' latents, added to SortedNCE (0: pure NSH).
+  config.loss.instance_weight = 0.0
+  # NT-Xent between the two views' straight-through sign codes (0: pure NSH).
+  config.loss.code_instance_weight = 0.0
   config.loss.quant_weight = 0.1
   # Bit balance mean_k(mean_i b_ik)^2: keeps codes from collapsing from scratch.
   config.loss.balance_weight = 1.0

@@ -121,6 +121,16 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
         s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
         temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
         sorter=config.loss.sorter)
+    inst = float(config.loss.get("instance_weight") or 0.0)
+    if inst:
+      # The other view as an explicit positive for the latents: from scratch the
+      # codes rank candidates at random, so SortedNCE alone has no anchor.
+      main = main + inst * losses.nt_xent(out1["latents"], out2["latents"],
+                                          config.loss.temperature)
+    code_inst = float(config.loss.get("code_instance_weight") or 0.0)
+    if code_inst:
+      main = main + code_inst * losses.nt_xent(losses.sign_ste(c1), losses.sign_ste(c2),
+                                               config.loss.temperature)
   elif name == "contrastive":
     main = losses.nt_xent(losses.sign_ste(c1), losses.sign_ste(c2), config.loss.temperature)
   elif name == "dpsh":
@@ -282,8 +292,11 @@ def checkpoint_manager(workdir: str, config):
 
 
 def restore_latest(manager, state: TrainState, log=print):
-  """Restores the newest readable checkpoint; a damaged one is skipped with a warning.
+  """Restores the newest readable checkpoint; a damaged one is moved aside with a warning.
 
+  A checkpoint that fails to restore (truncated files, missing metadata, wrong
+  shapes) is renamed to ``<checkpoints>.corrupt/<step>`` so that training can
+  write that step again, and the next older one is tried.
   Returns ``(state, step or None)``.
   """
   import orbax.checkpoint as ocp
@@ -292,8 +305,15 @@ def restore_latest(manager, state: TrainState, log=print):
       restored = manager.restore(step, args=ocp.args.StandardRestore(state))
       return restored, step
     except Exception as e:  # truncated files, missing metadata, bad shapes ...
+      src = os.path.join(str(manager.directory), str(step))
+      dst_dir = str(manager.directory).rstrip("/") + ".corrupt"
+      os.makedirs(dst_dir, exist_ok=True)
+      dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
+      os.replace(src, dst)
+      manager.reload()
+      reason = (str(e).strip().splitlines() or [""])[0].split(" See ")[0][:120]
       log(f"warning: checkpoint {step} in {manager.directory} is unreadable "
-          f"({type(e).__name__}); trying an older one")
+          f"({type(e).__name__}: {reason}); moved to {dst}; trying an older one")
   return state, None
 
 
@@ -449,6 +469,12 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
   encode_fn = encode_fn or make_encode_fn(config, mesh)  # pass one in to avoid recompiles
   q_emb = encode_images(encode_fn, state, splits.query_images, mesh)
   db_emb = encode_images(encode_fn, state, splits.db_images, mesh)
+  for name, emb in (("query", q_emb), ("database", db_emb)):
+    if not np.all(np.isfinite(emb)):
+      bad = int(np.sum(~np.all(np.isfinite(emb), axis=1)))
+      raise TrainingError(f"the encoder gives non-finite outputs for {bad} of {emb.shape[0]} "
+                          f"{name} images; the parameters have diverged (lower "
+                          f"train.learning_rate, or resume from an earlier checkpoint)")
   train_emb = None
   if config.quantizer != "sign":
     train_emb = encode_images(encode_fn, state, splits.train_images, mesh)

@@ -1,0 +1,184 @@
+"""NSH training step: nsh_jax's jitted step vs the PyTorch way, same run, same sizes.
+
+Both sides: the small CNN of ``nsh_jax.models.SmallCNN`` (same layers, same
+widths), a tanh hash head (64 bits) and an L2-normalised latent head (128),
+two views per image, symmetric SortedNCE (m=2, T=0.3, SoftSort at one Hamming
+bit, straight-through sign codes in the sorter), the quantization and
+bit-balance penalties, global-norm clipping and AdamW.
+
+* ours: ``nsh_jax.train.make_train_step`` -- augmentation of both views inside
+  the jitted step, the exact O(n^2 log n) SortedNCE, donated state;
+* PyTorch: eager ``torch.nn`` (CPU torch; ``pip install torch==2.13.0``),
+  SortedNCE as the public reimplementations compute it (materialised soft
+  permutation [n, n, n] and gathered latents [n, n, d]).  Its two views are
+  handed over pre-made: its augmentation cost is *not* counted (ours is).
+
+  python benchmarks/train_step.py [--batches 64 256 1024] [--steps 5]
+
+Prints steps/s of both, their ratio, and our compile time separately.  Both
+sides use every core (torch.set_num_threads(os.cpu_count())).
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax
+import numpy as np
+
+from configs import default
+from nsh_jax import train
+
+BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
+
+
+def config_for(batch):
+  c = default.get_config()
+  c.model.bits, c.model.latent_dim, c.train.batch_size = BITS, LATENT, batch
+  c.loss.num_positives, c.loss.temperature = M, TEMP
+  return c
+
+
+def bench_jax(batch, steps, images, labels):
+  c = config_for(batch)
+  mesh = train.make_mesh()
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  state = jax.device_put(train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10),
+                         repl)
+  step = train.make_train_step(c, mesh)
+  x, y = jax.device_put(images, data), jax.device_put(labels, data)
+  t = time.perf_counter()
+  compiled = step.lower(state, x, y).compile()
+  compile_s = time.perf_counter() - t
+  state, m = compiled(state, x, y)  # warm-up
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, x, y)
+  jax.block_until_ready(m)
+  return steps / (time.perf_counter() - t), compile_s, float(m["loss"])
+
+
+def torch_side():
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+
+  class SmallCNN(nn.Module):
+    def __init__(self, stem=32, widths=(64, 128, 256), features=256):
+      super().__init__()
+      layers = [nn.Conv2d(3, stem, 2, 2), nn.GroupNorm(8, stem), nn.ReLU()]
+      prev = stem
+      for w in widths:
+        layers += [nn.Conv2d(prev, w, 3, padding=1), nn.GroupNorm(8, w), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+        prev = w
+      self.body = nn.Sequential(*layers)
+      self.fc = nn.Linear(prev, features)
+
+    def forward(self, x):
+      return F.relu(self.fc(self.body(x).mean(dim=(2, 3))))
+
+  class Encoder(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.backbone = SmallCNN()
+      self.hash = nn.Linear(256, BITS)
+      self.latent = nn.Linear(256, LATENT)
+
+    def forward(self, x):
+      f = self.backbone(x)
+      return torch.tanh(self.hash(f)), F.normalize(self.latent(f), dim=-1)
+
+  def sorted_nce_naive(a, b, za, zb):
+    d = a.shape[1]
+    s = a @ b.T / (2 * d) + 0.5
+    t = torch.sort(s, dim=1, descending=True).values
+    p = torch.softmax(-(t[:, :, None] - s[:, None, :]).abs() * d, dim=-1)  # [n, r, j]
+    e = torch.einsum("irj,jd->ird", p, zb)
+    c = torch.einsum("ird,id->ir", e, za) / TEMP
+    neg = torch.logsumexp(c[:, M:], dim=1, keepdim=True)
+    return (torch.logaddexp(c[:, :M], neg) - c[:, :M]).mean()
+
+  def ste(x):
+    return x + (torch.where(x >= 0, 1.0, -1.0) - x).detach()
+
+  def make(batch):
+    torch.manual_seed(0)
+    model = Encoder()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    cfg = default.get_config()
+
+    def step(v1, v2):
+      codes, lat = model(torch.cat([v1, v2]))
+      c1, c2, z1, z2 = codes[:batch], codes[batch:], lat[:batch], lat[batch:]
+      s1, s2 = ste(c1), ste(c2)
+      loss = 0.5 * (sorted_nce_naive(s1, s2, z1, z2) + sorted_nce_naive(s2, s1, z2, z1))
+      quant = 0.5 * (((c1.abs() - 1) ** 2).mean() + ((c2.abs() - 1) ** 2).mean())
+      bal = 0.5 * ((c1.mean(0) ** 2).mean() + (c2.mean(0) ** 2).mean())
+      loss = loss + cfg.loss.quant_weight * quant + cfg.loss.balance_weight * bal
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt.step()
+      return float(loss)
+
+    return step
+
+  return torch, make
+
+
+def bench_torch(batch, steps, images):
+  torch, make = torch_side()
+  torch.set_num_threads(os.cpu_count())
+  rng = np.random.default_rng(1)
+  # Two pre-made views (flips of each other plus noise); NCHW float32.
+  x = images.astype(np.float32) / 255.0
+  v1 = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  v2 = torch.from_numpy(np.ascontiguousarray(
+      (x[:, :, ::-1] + rng.normal(0, 0.02, x.shape)).astype(np.float32).transpose(0, 3, 1, 2)))
+  step = make(batch)
+  step(v1, v2)  # warm-up
+  t = time.perf_counter()
+  for _ in range(steps):
+    loss = step(v1, v2)
+  return steps / (time.perf_counter() - t), loss
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--torch-max-gb", type=float, default=16.0,
+                  help="skip PyTorch where its soft permutations would exceed this")
+  args = ap.parse_args()
+  import torch
+  print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+        f"({jax.devices()[0].platform}), torch {torch.__version__}; small CNN, 32x32, "
+        f"{BITS} bits, latent {LATENT}; {args.steps} timed steps after one warm-up")
+  print("| batch | nsh_jax steps/s | PyTorch steps/s | ratio | nsh_jax compile (s) |")
+  print("|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for batch in args.batches:
+    images = rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8)
+    labels = rng.integers(0, 10, batch).astype(np.int32)
+    ours, compile_s, _ = bench_jax(batch, args.steps, images, labels)
+    # [n, n, n] float32 soft permutations, x2 directions, kept for backward (~x4).
+    torch_gb = 4 * 2 * 4 * batch ** 3 / 2 ** 30
+    if torch_gb > args.torch_max_gb:
+      print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} |",
+            flush=True)
+      continue
+    theirs, _ = bench_torch(batch, args.steps, images)
+    print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
