@@ -77,6 +77,16 @@ def _load_images(path):
     return _check_images(f"{path}:images", f["images"])
 
 
+def _has_images(path) -> bool:
+  """Whether ``path`` is an .npz of images (else it should be a codes file)."""
+  import zipfile
+  try:
+    with zipfile.ZipFile(path) as z:
+      return "images.npy" in z.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return False  # load_index reports what is wrong with it
+
+
 def run(config, workdir: str) -> None:
   import jax
   import numpy as np
@@ -87,7 +97,9 @@ def run(config, workdir: str) -> None:
     if not FLAGS.index or not FLAGS.query:
       raise ValueError("--mode=search needs --index=DATABASE_CODES and --query=QUERY_CODES")
     db = retrieval.load_index(FLAGS.index)
-    if FLAGS.query.endswith(".npz") and "images" in np.load(FLAGS.query).files:
+    if not os.path.exists(FLAGS.query):
+      raise FileNotFoundError(f"query file not found: {FLAGS.query}")
+    if _has_images(FLAGS.query):
       splits = input_pipeline.load(config)
       state, mesh = _restore(config, workdir, splits)
       emb = train.encode_images(train.make_encode_fn(config, mesh), state,
