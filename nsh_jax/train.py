@@ -121,6 +121,11 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
         s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
         temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
         sorter=config.loss.sorter)
+    ramp = int(config.loss.get("sorted_warmup_steps") or 0)
+    if ramp:
+      # SortedNCE's positives are only as good as the codes that rank them:
+      # ramp it in linearly while the instance terms shape the codes.
+      main = main * jnp.clip(step / ramp, 0.0, 1.0)
     inst = float(config.loss.get("instance_weight") or 0.0)
     if inst:
       # The other view as an explicit positive for the latents: from scratch the
