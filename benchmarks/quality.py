@@ -132,7 +132,6 @@ def main():
     ablations = [("num_positives m=1", ["--config.loss.num_positives=1"]),
                  ("num_positives m=4", ["--config.loss.num_positives=4"]),
                  ("temperature 0.1", ["--config.loss.temperature=0.1"]),
-                 ("temperature 0.5", ["--config.loss.temperature=0.5"]),
                  ("sort temperature 4 bits", ["--config.loss.sort_temperature=4.0"]),
                  ("ott-jax sorter", ["--config.loss.sorter=ott"])]
     lines += ["", f"Ablations of NSH (seed {seed}; each row changes one setting of the nsh row):",
