@@ -21,12 +21,11 @@ sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import cifar_prefix
-from nsh_jax import augment, householder, input_pipeline, metrics, train
+from nsh_jax import householder, input_pipeline, metrics, train
 
 # The recipe's three settings, switched off: plain SortedNCE.
 PURE = {"instance_weight": 0.0, "code_instance_weight": 0.0, "sorted_warmup_steps": 0}
@@ -65,13 +64,8 @@ def run(name, overrides, steps, seed):
   train_s = time.time() - t0
 
   def encode(images):
-    out = []
-    for i in range(0, len(images), 500):
-      x = augment.normalize(augment.to_unit(jnp.asarray(images[i:i + 500])),
-                            c.dataset.normalization)
-      o = state.apply_fn({"params": state.params}, x, train=False)
-      out.append(np.concatenate([np.asarray(o["logits"]), np.asarray(o["latents"])], 1))
-    return np.concatenate(out)
+    return np.concatenate([train.encode_images(train.make_encode_fn(c, mesh, out), state,
+                                               images, mesh) for out in ("logits", "latents")], 1)
 
   q, d = encode(splits.query_images), encode(splits.db_images)
   res = {"variant": name, "steps": steps, "seed": seed, "train_s": round(train_s)}

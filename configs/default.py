@@ -49,6 +49,8 @@ def get_config():
   config.loss.instance_weight = 0.0
   # NT-Xent between the two views' straight-through sign codes (0: pure NSH).
   config.loss.code_instance_weight = 0.0
+  # Weight of SortedNCE (0 leaves only the instance terms: the no-sort control).
+  config.loss.sorted_weight = 1.0
   # SortedNCE weight ramps linearly from 0 to 1 over these steps (0: always 1).
   config.loss.sorted_warmup_steps = 0
   config.loss.quant_weight = 0.1

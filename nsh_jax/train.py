@@ -121,6 +121,7 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
         s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
         temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
         sorter=config.loss.sorter)
+    main = main * config.loss.get("sorted_weight", 1.0)  # 0: the no-sort control
     ramp = int(config.loss.get("sorted_warmup_steps") or 0)
     if ramp:
       # SortedNCE's positives are only as good as the codes that rank them:
@@ -255,8 +256,11 @@ def make_train_step(config, mesh, centers=None) -> Callable:
 # ------------------------------------------------------------------ encoding
 
 
-def make_encode_fn(config, mesh) -> Callable:
-  """``(state, images_u8 [n, H, W, 3]) -> logits [n, max_bits]`` (no augmentation)."""
+def make_encode_fn(config, mesh, output: str = "logits") -> Callable:
+  """``(state, images_u8 [n, H, W, 3]) -> logits [n, max_bits]`` (no augmentation).
+
+  ``output`` picks another encoder output instead (``'latents'``, ``'features'``).
+  """
   data = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
 
@@ -266,7 +270,7 @@ def make_encode_fn(config, mesh) -> Callable:
     variables = {"params": state.params}
     if state.batch_stats is not None:
       variables["batch_stats"] = state.batch_stats
-    return state.apply_fn(variables, x, train=False)["logits"]
+    return state.apply_fn(variables, x, train=False)[output]
 
   return jax.jit(encode, in_shardings=(repl, data), out_shardings=data)
 
