@@ -9,8 +9,13 @@ process feeds its slice of the global batch via
 
 Loss for NSH (``loss.name='nsh'``), per code length ``b`` of ``bit_list``::
 
-    L_b = symmetric SortedNCE(codes_1[:, :b], codes_2[:, :b], z_1, z_2)
-          + quant_weight * mean((|codes| - 1)^2)
+    L_b = ramp(step) * sorted_weight * symmetric SortedNCE(codes_1[:, :b], codes_2[:, :b], z_1, z_2)
+          + instance_weight * NT-Xent(z_1, z_2)
+          + code_instance_weight * NT-Xent(sign_ste(codes_1[:, :b]), sign_ste(codes_2[:, :b]))
+          + quant_weight * mean((|codes| - 1)^2) + balance_weight * mean_k(mean_i codes_ik)^2
+
+(``ramp`` goes 0 -> 1 over ``sorted_warmup_steps``; the instance terms are off by
+default and are what NSH needs from scratch, docs/training.md)
 
 and with several lengths (NHL) ``L = sum_b w_b (L_b + lambda D_b)`` with
 dominance-aware ``w`` and cascade distillation ``D`` (:mod:`nsh_jax.nested`).
@@ -316,9 +321,10 @@ def restore_latest(manager, state: TrainState, log=print):
     except Exception as e:  # truncated files, missing metadata, bad shapes ...
       src = os.path.join(str(manager.directory), str(step))
       dst_dir = str(manager.directory).rstrip("/") + ".corrupt"
-      os.makedirs(dst_dir, exist_ok=True)
       dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-      os.replace(src, dst)
+      if jax.process_index() == 0:  # one host moves it; the others only skip it
+        os.makedirs(dst_dir, exist_ok=True)
+        os.replace(src, dst)
       manager.reload()
       reason = (str(e).strip().splitlines() or [""])[0].split(" See ")[0][:120]
       log(f"warning: checkpoint {step} in {manager.directory} is unreadable "
