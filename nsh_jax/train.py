@@ -15,7 +15,9 @@ Loss for NSH (``loss.name='nsh'``), per code length ``b`` of ``bit_list``::
           + quant_weight * mean((|codes| - 1)^2) + balance_weight * mean_k(mean_i codes_ik)^2
 
 (``ramp`` goes 0 -> 1 over ``sorted_warmup_steps``; the instance terms are off by
-default and are what NSH needs from scratch, docs/training.md)
+default and are what NSH needs from scratch, docs/training.md).  With several
+lengths the latent term is added once per length (weight ``K * instance_weight``),
+as in the runs behind docs/quality.md.
 
 and with several lengths (NHL) ``L = sum_b w_b (L_b + lambda D_b)`` with
 dominance-aware ``w`` and cascade distillation ``D`` (:mod:`nsh_jax.nested`).
