@@ -11,17 +11,17 @@ labels ``[n]``; at least one shared label for multi-hot labels ``[n, C]``.
   query that retrieves nothing has precision 0 (the P@H<=2 convention).
 * P@N: precision of the top ``N`` in the ranking.
 
-Everything is computed in JAX in query chunks (no Python loop per query), so
-10,000 queries x 1,000,000 database codes fits in memory.  Imports nothing
-from training.
+No Python loop per query and no ``[q, n]`` matrix: the ranking and the
+per-radius counts are compiled O(n) passes per query in
+:mod:`nsh_jax.retrieval` (memory ``O(q * k)``), so 10,000 queries x 1,000,000
+database codes fits in memory.  Imports
+nothing from training.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nsh_jax import retrieval
@@ -44,29 +44,20 @@ def _check(query_codes, db_codes, query_labels, db_labels):
   return q, x, ql, dl
 
 
-def _relevance(query_labels, item_labels):
-  """Relevance of items to queries: same class, or >= 1 shared label (multi-hot).
+def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k):
+  """Relevance ``[q, k]`` bool of each query's top-``k`` items in Hamming order.
 
-  ``query_labels`` ``[q]`` / ``[q, C]``; ``item_labels`` ``[q | 1, k]`` /
-  ``[q | 1, k, C]`` (each query's own items, or one list shared by all).
-  Returns ``[q, k]`` bool.  The one relevance rule every metric here uses.
+  Relevance is the one rule of :func:`nsh_jax.retrieval.label_sets`: at least
+  one shared label (int labels: the same class).
   """
-  if query_labels.ndim == 1:
-    return item_labels == query_labels[:, None]
-  shared = jnp.einsum("qkc,qc->qk", item_labels.astype(jnp.float32),
-                      query_labels.astype(jnp.float32))
-  return shared > 0
-
-
-def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k, query_chunk):
-  """Relevance ``[q, k]`` of each query's top-``k`` items in Hamming order."""
   qp, dp = retrieval.pack_codes(query_codes), retrieval.pack_codes(db_codes)
-  _, idx = retrieval.search(qp, dp, k, query_chunk=query_chunk)
-  return np.asarray(_relevance(jnp.asarray(query_labels), jnp.asarray(np.asarray(db_labels)[idx])))
+  _, idx = retrieval.search(qp, dp, k)
+  qs, ds = retrieval.label_sets(query_labels, db_labels)
+  return np.any((qs[:, None, :] & ds[idx]) != 0, axis=-1)
 
 
 def _map_of(rel) -> float:
-  return float(np.mean(np.asarray(_average_precision(jnp.asarray(rel)))))
+  return float(np.mean(_average_precision(rel)))
 
 
 def _precision_at_n_of(rel, ns) -> dict:
@@ -81,18 +72,20 @@ def _cutoff(top_k, n) -> int:
   return k
 
 
-@jax.jit
-def _average_precision(rel):
-  """AP of each row of a ranked relevance matrix ``[q, k]`` (0 where none relevant)."""
-  rel = rel.astype(jnp.float32)
-  ranks = jnp.arange(1, rel.shape[1] + 1, dtype=jnp.float32)
-  precision_at = jnp.cumsum(rel, axis=1) / ranks
-  num_rel = jnp.sum(rel, axis=1)
-  return jnp.where(num_rel > 0, jnp.sum(precision_at * rel, 1) / jnp.maximum(num_rel, 1), 0.0)
+def _average_precision(rel: np.ndarray) -> np.ndarray:
+  """AP of each row of a ranked relevance matrix ``[q, k]`` (0 where none relevant).
+
+  ``AP = (1/R) sum_r P@r * rel_r`` with ``P@r = cumsum(rel)_r / r``.  NumPy, not
+  jit: it is O(q k) and a compile per new ``[q, k]`` shape would cost more.
+  """
+  rel = np.asarray(rel, np.float64)
+  precision_at = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+  num_rel = rel.sum(axis=1)
+  return np.where(num_rel > 0, (precision_at * rel).sum(1) / np.maximum(num_rel, 1), 0.0)
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
-                           top_k: Optional[int] = None, query_chunk: int = 256) -> float:
+                           top_k: Optional[int] = None) -> float:
   """mAP@top_k of Hamming ranking (``top_k=None``: the whole database, mAP@all).
 
   Args:
@@ -106,51 +99,29 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
   """
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = _cutoff(top_k, x.shape[0])
-  return _map_of(_ranked_relevance(q, x, ql, dl, k, query_chunk))
+  return _map_of(_ranked_relevance(q, x, ql, dl, k))
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels,
                    ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000),
-                   query_chunk: int = 256) -> dict:
+                   ) -> dict:
   """Mean precision of the top ``N`` retrieved items for each ``N`` in ``ns``."""
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   ns = [int(min(v, x.shape[0])) for v in ns]
-  return _precision_at_n_of(_ranked_relevance(q, x, ql, dl, max(ns), query_chunk), ns)
+  return _precision_at_n_of(_ranked_relevance(q, x, ql, dl, max(ns)), ns)
 
 
-@jax.jit
-def _radius_counts(query_words, db_words, rel):
-  """Per query and Hamming distance: count of all items and of relevant items."""
-  bits = query_words.shape[1] * 32
-  dist = retrieval.hamming_distance_words(query_words, db_words)  # [q, n]
-  onehot_all = jax.nn.one_hot(dist, bits + 1, dtype=jnp.float32)  # [q, n, D]
-  all_counts = jnp.sum(onehot_all, axis=1)
-  rel_counts = jnp.einsum("qnd,qn->qd", onehot_all, rel.astype(jnp.float32))
-  return all_counts, rel_counts
-
-
-def precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels,
-                               query_chunk: int = 64, db_chunk: int = 16384) -> dict:
+def precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels) -> dict:
   """Precision and recall of retrieving every item within Hamming radius ``r``.
 
   Returns ``{'radius': [bits+1], 'precision': [bits+1], 'recall': [bits+1]}``,
   each averaged over queries (precision 0 for an empty retrieval, recall 0 for a
-  query with no relevant item).
+  query with no relevant item).  One pass over the database per query (no
+  ``[q, n]`` matrix), counting items and relevant items at each distance.
   """
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   bits = q.shape[1]
-  qw = retrieval.to_words(retrieval.pack_codes(q))
-  xw = retrieval.to_words(retrieval.pack_codes(x))
-  width = qw.shape[1] * 32 + 1
-  all_c = np.zeros((q.shape[0], width))
-  rel_c = np.zeros((q.shape[0], width))
-  for i in range(0, q.shape[0], query_chunk):
-    for j in range(0, x.shape[0], db_chunk):
-      rel = _relevance(jnp.asarray(ql[i:i + query_chunk]), jnp.asarray(dl[None, j:j + db_chunk]))
-      a, r = _radius_counts(jnp.asarray(qw[i:i + query_chunk]),
-                            jnp.asarray(xw[j:j + db_chunk]), rel)
-      all_c[i:i + query_chunk] += np.asarray(a)
-      rel_c[i:i + query_chunk] += np.asarray(r)
+  all_c, rel_c = retrieval.radius_counts(retrieval.pack_codes(q), retrieval.pack_codes(x), ql, dl)
   all_c, rel_c = np.cumsum(all_c, 1)[:, :bits + 1], np.cumsum(rel_c, 1)[:, :bits + 1]
   total_rel = rel_c[:, -1:]
   precision = np.where(all_c > 0, rel_c / np.maximum(all_c, 1), 0.0).mean(0)
@@ -175,7 +146,7 @@ def evaluate_codes(query_codes, db_codes, query_labels, db_labels,
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = _cutoff(top_k, x.shape[0])
   ns = [int(min(v, x.shape[0])) for v in ns]
-  rel = _ranked_relevance(q, x, ql, dl, max(k, max(ns)), 256)
+  rel = _ranked_relevance(q, x, ql, dl, max(k, max(ns)))
   pr = precision_recall_by_radius(q, x, ql, dl)
   return {
       "map": _map_of(rel[:, :k]),

@@ -2,24 +2,29 @@
 
 Codes travel as packed bits: ``[n, ceil(d/8)]`` uint8, most significant bit
 first (``numpy.packbits`` order, the layout ``faiss.IndexBinary*`` takes), bit
-``1`` for a ``+1`` code.  Search packs those bytes into uint32 words and
+``1`` for a ``+1`` code.  Search views those bytes as uint64 words and
 computes Hamming distance as ``popcount(q XOR x)``; ranking is by distance,
 ties broken by database order (lower index first) -- the convention every
 metric in :mod:`nsh_jax.metrics` uses too.
+
+Ranking is data-dependent selection, which XLA's CPU backend only offers as
+comparison sorts (``sort``/``top_k``; 6-35x slower than a counting sort here),
+so the three kernels below -- distance matrix, top-k, per-radius counts -- are
+compiled with Numba: plain loops over packed words, parallel over queries.
 
 This module imports nothing from training.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
 from typing import Optional, Tuple
 
-import jax
 import jax.numpy as jnp
+import numba
+from numba.extending import intrinsic
 import numpy as np
 
 INDEX_FORMAT = "nsh-jax-index/1"
@@ -53,72 +58,149 @@ def unpack_codes(packed, bits: int) -> np.ndarray:
 
 
 def to_words(packed) -> np.ndarray:
-  """uint8 ``[n, B]`` -> uint32 ``[n, ceil(B/4)]`` (zero padded) for popcount."""
+  """uint8 ``[n, B]`` -> uint64 ``[n, ceil(B/8)]`` (zero padded), the popcount layout.
+
+  Padding bits are 0 in every code, so they never add to a Hamming distance.
+  """
   packed = np.asarray(packed, np.uint8)
   n, nbytes = packed.shape
-  pad = (-nbytes) % 4
+  pad = (-nbytes) % 8
   if pad:
     packed = np.concatenate([packed, np.zeros((n, pad), np.uint8)], axis=1)
-  return np.ascontiguousarray(packed).view(">u4").astype(np.uint32)
+  return np.ascontiguousarray(packed).view(np.uint64)
 
 
-def hamming_distance_words(query_words: jax.Array, db_words: jax.Array) -> jax.Array:
-  """Hamming distances ``[q, n]`` int32 between uint32 word codes ``[q, w]``, ``[n, w]``."""
-  x = jnp.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
-  return jnp.sum(jax.lax.population_count(x).astype(jnp.int32), axis=-1)
+def label_sets(query_labels, db_labels) -> Tuple[np.ndarray, np.ndarray]:
+  """Labels -> bit sets ``[n, L]`` uint64 so that relevance is ``any(q & x)``.
 
-
-def hamming_distance(query_codes, db_codes) -> np.ndarray:
-  """Hamming distances ``[q, n]`` between real/+-1 codes (signs taken), via packed bits."""
-  q = to_words(pack_codes(query_codes))
-  x = to_words(pack_codes(db_codes))
-  return np.asarray(hamming_distance_words(jnp.asarray(q), jnp.asarray(x)))
-
-
-@jax.jit
-def _distance_matrix(query_words, db_words):
-  """Hamming distances as the narrowest unsigned type that holds them."""
-  dist = hamming_distance_words(query_words, db_words)
-  bits = query_words.shape[1] * 32
-  return dist.astype(jnp.uint8 if bits < 256 else jnp.uint16)
-
-
-def _stable_rank(dist: np.ndarray, k: int) -> np.ndarray:
-  """Indices of each row's ``k`` smallest distances, ties by lower index.
-
-  Distances are small unsigned ints, so NumPy's stable sort is a radix sort:
-  O(n) per row and exact.  (XLA's CPU ``top_k``/``sort`` are comparison
-  sorts and measured 6-35x slower here.)  Rows are split over threads; NumPy
-  releases the GIL while sorting.
+  Int labels ``[n]`` become one bit per class (so "shares a label" is "same
+  class"); multi-hot ``[n, C]`` keep their bits.  The one encoding of the
+  relevance rule that the compiled kernels use.
   """
-  workers = min(os.cpu_count() or 1, dist.shape[0])
-  if workers <= 1:
-    return np.argsort(dist, axis=1, kind="stable")[:, :k]
-  parts = np.array_split(np.arange(dist.shape[0]), workers)
-  out = np.empty((dist.shape[0], k), np.int64)
-
-  def work(rows):
-    out[rows] = np.argsort(dist[rows], axis=1, kind="stable")[:, :k]
-
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    list(pool.map(work, [slice(p[0], p[-1] + 1) for p in parts if len(p)]))
-  return out
+  ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+  if ql.ndim == 1:
+    classes, inverse = np.unique(np.concatenate([ql, dl]), return_inverse=True)
+    onehot = np.zeros((inverse.shape[0], len(classes)), bool)
+    onehot[np.arange(inverse.shape[0]), inverse] = True
+    qh, dh = onehot[:ql.shape[0]], onehot[ql.shape[0]:]
+  else:
+    qh, dh = ql > 0, dl > 0
+  return to_words(np.packbits(qh, axis=1)), to_words(np.packbits(dh, axis=1))
 
 
-def search(query_packed, db_packed, k: int, *,
-           query_chunk: int = 64) -> Tuple[np.ndarray, np.ndarray]:
-  """Exact Hamming k-nearest neighbours of packed queries in a packed database.
+@intrinsic
+def _popcount(typingctx, x):
+  """Population count of a uint64 (one ``popcnt`` instruction)."""
+  del typingctx, x
 
-  Args:
-    query_packed: ``[q, B]`` uint8 packed codes.
-    db_packed: ``[n, B]`` uint8 packed codes (same ``B``).
-    k: neighbours per query (clipped to ``n``).
-    query_chunk: queries per step; memory is ``query_chunk * n`` bytes.
+  def codegen(context, builder, signature, args):
+    del context, signature
+    return builder.ctpop(args[0])
 
-  Returns:
-    ``(distances [q, k] int32, indices [q, k] int64)``, sorted by distance then
-    database index.
+  return numba.types.uint64(numba.types.uint64), codegen
+
+
+@numba.njit(inline="always")
+def _distances(qw, i, dw, out):
+  """``out[j] = popcount(q_i XOR x_j)`` for every database row ``j``.
+
+  One query against the whole database in a loop with no other work, so LLVM
+  vectorises it; 1/2/4-word codes (64/128/256 bits) get unrolled bodies.
   """
+  n, w = dw.shape
+  if w == 1:
+    a = qw[i, 0]
+    for j in range(n):
+      out[j] = _popcount(a ^ dw[j, 0])
+  elif w == 2:
+    a, b = qw[i, 0], qw[i, 1]
+    for j in range(n):
+      out[j] = _popcount(a ^ dw[j, 0]) + _popcount(b ^ dw[j, 1])
+  elif w == 4:
+    a, b, c, e = qw[i, 0], qw[i, 1], qw[i, 2], qw[i, 3]
+    for j in range(n):
+      out[j] = (_popcount(a ^ dw[j, 0]) + _popcount(b ^ dw[j, 1])
+                + _popcount(c ^ dw[j, 2]) + _popcount(e ^ dw[j, 3]))
+  else:
+    for j in range(n):
+      s = 0
+      for t in range(w):
+        s += _popcount(qw[i, t] ^ dw[j, t])
+      out[j] = s
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _hamming_matrix(qw, dw, out):  # pragma: no cover - compiled
+  for i in numba.prange(qw.shape[0]):
+    _distances(qw, i, dw, out[i])
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _topk_kernel(qw, dw, k, out_d, out_i, scratch):  # pragma: no cover - compiled
+  """Counting sort on distance, stable in database order, cut at ``k``.
+
+  Per query: (1) distances into the worker's scratch row; (2) their
+  histogram, whose prefix sums are where each distance's run starts in the
+  ranking; (3) walk the database in order, dropping item ``j`` into its run's
+  next slot if that slot is < k (stop once k are placed).  O(n), exact, ties
+  by lower index by construction.  One scratch row per worker: no allocation
+  per query.
+  """
+  n, nq = dw.shape[0], qw.shape[0]
+  bits = 64 * qw.shape[1]
+  workers = scratch.shape[0]
+  for worker in numba.prange(workers):
+    dist = scratch[worker]
+    start = np.empty(bits + 1, np.int64)
+    for i in range(worker, nq, workers):
+      _distances(qw, i, dw, dist)
+      start[:] = 0
+      for j in range(n):
+        start[dist[j]] += 1
+      total = 0
+      for b in range(bits + 1):
+        c = start[b]
+        start[b] = total
+        total += c
+      filled = 0
+      for j in range(n):
+        d = dist[j]
+        slot = start[d]
+        if slot < k:
+          out_i[i, slot] = j
+          out_d[i, slot] = d
+          start[d] = slot + 1
+          filled += 1
+          if filled == k:
+            break
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _radius_kernel(qw, dw, ql, dl, all_counts, rel_counts, scratch):  # pragma: no cover
+  """Per query and distance: items at that distance, and relevant ones among them."""
+  n, nq = dw.shape[0], qw.shape[0]
+  workers = scratch.shape[0]
+  for worker in numba.prange(workers):
+    dist = scratch[worker]
+    for i in range(worker, nq, workers):
+      _distances(qw, i, dw, dist)
+      for j in range(n):
+        d = dist[j]
+        all_counts[i, d] += 1
+        shared = 0
+        for t in range(ql.shape[1]):
+          shared |= ql[i, t] & dl[j, t]
+        if shared != 0:
+          rel_counts[i, d] += 1
+
+
+def _scratch(nq: int, n: int, words: int) -> np.ndarray:
+  """One distance row per worker thread (uint8 while distances fit in it)."""
+  workers = max(1, min(numba.get_num_threads(), nq))
+  return np.empty((workers, n), np.uint8 if 64 * words < 256 else np.uint16)
+
+
+def _checked_words(query_packed, db_packed) -> Tuple[np.ndarray, np.ndarray]:
   query_packed = np.asarray(query_packed)
   db_packed = np.asarray(db_packed)
   for name, arr in (("query codes", query_packed), ("database codes", db_packed)):
@@ -127,26 +209,65 @@ def search(query_packed, db_packed, k: int, *,
   if query_packed.shape[1] != db_packed.shape[1]:
     raise ValueError(f"query codes have {query_packed.shape[1]} bytes per row, database "
                      f"codes {db_packed.shape[1]}: they must have the same code length")
-  n = db_packed.shape[0]
-  if n == 0:
+  if db_packed.shape[0] == 0:
     raise ValueError("the database is empty")
+  return to_words(query_packed), to_words(db_packed)
+
+
+def hamming_distance(query_codes, db_codes) -> np.ndarray:
+  """Hamming distances ``[q, n]`` int32 between real/+-1 codes (signs taken).
+
+  Computed as ``popcount(q XOR x)`` on packed bits, the same routine search
+  and the metrics use; equals ``(d - <sign q, sign x>) / 2``.
+  """
+  qw, dw = _checked_words(pack_codes(query_codes), pack_codes(db_codes))
+  out = np.empty((qw.shape[0], dw.shape[0]), np.int32)
+  _hamming_matrix(qw, dw, out)
+  return out
+
+
+def search(query_packed, db_packed, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Exact Hamming k-nearest neighbours of packed queries in a packed database.
+
+  A compiled counting sort per query (``O(n)`` time, one ``n``-byte scratch
+  row per thread, queries spread over all cores); nothing ``[q, n]`` is
+  materialised, so the database size is bounded only by its own memory.
+
+  Args:
+    query_packed: ``[q, B]`` uint8 packed codes.
+    db_packed: ``[n, B]`` uint8 packed codes (same ``B``).
+    k: neighbours per query (clipped to ``n``).
+
+  Returns:
+    ``(distances [q, k] int32, indices [q, k] int64)``, sorted by distance then
+    database index.
+  """
+  qw, dw = _checked_words(query_packed, db_packed)
   if k < 1:
     raise ValueError(f"k must be >= 1; got {k}")
-  k = min(int(k), n)
-  qw, dw = to_words(query_packed), jnp.asarray(to_words(db_packed))
-  nq = qw.shape[0]
-  dists = np.empty((nq, k), np.int32)
-  idxs = np.empty((nq, k), np.int64)
-  for start in range(0, nq, query_chunk):
-    q = qw[start:start + query_chunk]
-    rows = q.shape[0]
-    if rows < query_chunk and nq > query_chunk:  # keep one compiled shape
-      q = np.concatenate([q, np.zeros((query_chunk - rows, q.shape[1]), q.dtype)])
-    dist = np.asarray(_distance_matrix(jnp.asarray(q), dw))[:rows]
-    order = _stable_rank(dist, k)
-    idxs[start:start + rows] = order
-    dists[start:start + rows] = np.take_along_axis(dist, order, axis=1)
+  k = min(int(k), dw.shape[0])
+  dists = np.empty((qw.shape[0], k), np.int32)
+  idxs = np.empty((qw.shape[0], k), np.int64)
+  _topk_kernel(qw, dw, k, dists, idxs, _scratch(qw.shape[0], dw.shape[0], qw.shape[1]))
   return dists, idxs
+
+
+def radius_counts(query_packed, db_packed, query_labels, db_labels
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """Per query, how many items (and how many relevant ones) lie at each distance.
+
+  Relevance is ``>= 1`` shared label (int labels: same class).  Returns
+  ``(all_counts, rel_counts)``, each ``[q, bits_padded + 1]`` int64 where
+  column ``r`` counts items at Hamming distance exactly ``r``.
+  """
+  qw, dw = _checked_words(query_packed, db_packed)
+  ql, dl = label_sets(query_labels, db_labels)
+  width = 64 * qw.shape[1] + 1
+  all_counts = np.zeros((qw.shape[0], width), np.int64)
+  rel_counts = np.zeros((qw.shape[0], width), np.int64)
+  _radius_kernel(qw, dw, ql, dl, all_counts, rel_counts,
+                 _scratch(qw.shape[0], dw.shape[0], qw.shape[1]))
+  return all_counts, rel_counts
 
 
 # ---------------------------------------------------------------------------- index

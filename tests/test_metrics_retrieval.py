@@ -82,19 +82,33 @@ def test_packed_hamming_equals_pm1_formula():
         retrieval.unpack_codes(retrieval.pack_codes(a), bits), sa)
 
 
-def test_search_equals_bruteforce():
+@pytest.mark.parametrize("bits,k", [(16, 25), (16, 1), (100, 300), (150, 40), (200, 5000), (8, 10_000)])
+def test_search_equals_bruteforce(bits, k):
   rng = np.random.default_rng(3)
-  db = np.sign(rng.normal(size=(5000, 16)))
+  db = np.sign(rng.normal(size=(5000, bits)))
   db[100:200] = db[:100]  # ties
-  q = np.sign(rng.normal(size=(70, 16)))
-  dist, idx = retrieval.search(retrieval.pack_codes(q), retrieval.pack_codes(db), 25,
-                               query_chunk=32)
-  full = (16 - q @ db.T) // 2
-  order = np.argsort(full, axis=1, kind="stable")[:, :25]
+  q = np.sign(rng.normal(size=(70, bits)))
+  q[:5] = db[150:155]  # distance-0 hits that tie with earlier duplicates
+  dist, idx = retrieval.search(retrieval.pack_codes(q), retrieval.pack_codes(db), k)
+  full = (bits - q @ db.T) // 2
+  order = np.argsort(full, axis=1, kind="stable")[:, :min(k, 5000)]
   np.testing.assert_array_equal(idx, order)
   np.testing.assert_array_equal(dist, np.take_along_axis(full, order, 1))
-  d2, i2 = retrieval.search(retrieval.pack_codes(q), retrieval.pack_codes(db), 10_000)
-  assert i2.shape == (70, 5000)
+
+
+def test_radius_counts_multilabel_and_arbitrary_int_labels():
+  rng = np.random.default_rng(5)
+  x, q = np.sign(rng.normal(size=(400, 70))), np.sign(rng.normal(size=(15, 70)))
+  dist = (q[:, None, :] != x[None, :, :]).sum(-1)
+  for ql, dl in [(rng.integers(-3, 2, 15) * 1000, rng.integers(-3, 2, 400) * 1000),
+                 ((rng.random((15, 70)) < 0.05).astype(np.int8),
+                  (rng.random((400, 70)) < 0.05).astype(np.int8))]:
+    rel = (ql[:, None] == dl[None, :]) if ql.ndim == 1 else (ql @ dl.T) > 0
+    all_c, rel_c = retrieval.radius_counts(retrieval.pack_codes(q), retrieval.pack_codes(x), ql, dl)
+    for r in range(71):
+      np.testing.assert_array_equal(all_c[:, r], (dist == r).sum(1))
+      np.testing.assert_array_equal(rel_c[:, r], ((dist == r) & rel).sum(1))
+    assert all_c[:, 71:].sum() == 0
 
 
 def test_bad_inputs_raise_value_errors():
