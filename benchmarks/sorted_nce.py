@@ -2,7 +2,7 @@
 materialises the soft permutations [n, n, n] and E [n, n, d_z], as the public
 reimplementations do.  Forward + backward, same run, same inputs.
 
-  python benchmarks/sorted_nce.py [--sizes 256 512 1024 4096] [--repeats 3]
+  python benchmarks/sorted_nce.py [--sizes 256 512 1024 4096] [--repeats 5]
 
 Peak memory: XLA's compiled memory analysis (temp + argument + output bytes)
 of each jitted forward+backward.  Naive is skipped where that exceeds the
@@ -61,7 +61,7 @@ def main():
   ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 4096])
   ap.add_argument("--bits", type=int, default=64)
   ap.add_argument("--latent", type=int, default=128)
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--naive-budget-gb", type=float, default=16.0)
   args = ap.parse_args()
   print(f"# sorted_nce forward+backward, {args.bits} bits, latent {args.latent}; "

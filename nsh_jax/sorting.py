@@ -27,10 +27,12 @@ itself), so no max-subtraction is needed and ``K_1 >= 1``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SORTERS = ("softsort", "ott")
 
@@ -75,12 +77,58 @@ def soft_sort(scores: jax.Array, temperature: float | jax.Array) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
-  """``h_r = decay_r * h_{r-1} + values_r`` along the last axis (``h_{-1} = 0``).
+@jax.jit  # one compiled network per shape, also when called eagerly
+def _bitonic_argsort_desc(keys: jax.Array) -> jax.Array:
+  """Indices that sort the last axis descending, by a bitonic sorting network.
 
-  ``decay`` broadcasts against ``values``; ``decay[..., 0]`` is ignored.
+  ``log2(N) (log2(N) + 1) / 2`` compare-exchange stages (``N`` = ``n`` rounded
+  up to a power of two, padded with ``-inf``), each one fused elementwise pass
+  over ``[..., N]`` -- data-parallel work that XLA:CPU vectorises, where its
+  ``sort`` runs a scalar comparator (measured ~2-3x slower at ``n = 512``).
+  Ties come out in an unspecified order, which :func:`soft_sort_apply` does
+  not depend on.  ``O(n log^2 n)`` per row.
   """
-  decay = jnp.broadcast_to(decay, values.shape)
+  keys = jax.lax.stop_gradient(jnp.asarray(keys, jnp.float32))
+  n = keys.shape[-1]
+  size = 1 << max(n - 1, 0).bit_length()
+  lead = keys.shape[:-1]
+  if size != n:
+    keys = jnp.concatenate([keys, jnp.full(lead + (size - n,), -jnp.inf, keys.dtype)], -1)
+  idx = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), keys.shape)
+  block = 2
+  while block <= size:  # merge bitonic runs of length `block`
+    stride = block // 2
+    while stride >= 1:  # compare i with i + stride inside each pair of halves
+      shape = lead + (size // (2 * stride), 2, stride)
+      k2, i2 = keys.reshape(shape), idx.reshape(shape)
+      first = np.arange(size // (2 * stride)) * 2 * stride
+      descending = jnp.asarray(((first & block) == 0)[:, None])
+      lo, hi = k2[..., 0, :], k2[..., 1, :]
+      swap = jnp.where(descending, lo < hi, lo > hi)
+      keys = jnp.stack([jnp.where(swap, hi, lo), jnp.where(swap, lo, hi)], -2).reshape(keys.shape)
+      idx = jnp.stack([jnp.where(swap, i2[..., 1, :], i2[..., 0, :]),
+                       jnp.where(swap, i2[..., 0, :], i2[..., 1, :])], -2).reshape(idx.shape)
+      stride //= 2
+    block *= 2
+  return idx[..., :n]
+
+
+# Largest row length that takes the sorting network on CPU: measured faster
+# than XLA's sort at every n up to here (benchmarks/sorted_nce.py); beyond it
+# the comparison sort's O(n log n) keeps the loss O(n^2 log n) asymptotically.
+_NETWORK_MAX_N = 4096
+
+
+def _argsort_desc(scores: jax.Array) -> jax.Array:
+  """Descending order of the last axis: the sorting network on CPU for
+  ``n <= 4096``, XLA's sort otherwise (TPU/GPU sorts are already data-parallel)."""
+  if jax.default_backend() == "cpu" and scores.shape[-1] <= _NETWORK_MAX_N:
+    return _bitonic_argsort_desc(scores)
+  return jnp.argsort(-scores, axis=-1)
+
+
+def _scan(decay: jax.Array, values: jax.Array) -> jax.Array:
+  """``h_r = decay_r * h_{r-1} + values_r`` on the last axis, as a parallel scan."""
 
   def combine(left, right):
     a_l, b_l = left
@@ -89,6 +137,46 @@ def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
 
   _, h = jax.lax.associative_scan(combine, (decay, values), axis=-1)
   return h
+
+
+@jax.custom_vjp
+def _recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
+  return _scan(jnp.broadcast_to(decay, values.shape), values)
+
+
+def _recurrence_fwd(decay, values):
+  h = _scan(jnp.broadcast_to(decay, values.shape), values)
+  return h, (decay, h)
+
+
+def _recurrence_bwd(residuals, g):
+  # The adjoint of a first-order recurrence is the same recurrence run
+  # backwards: lam_r = g_r + decay_{r+1} lam_{r+1}; then dL/dvalues_r = lam_r
+  # and dL/ddecay_r = lam_r h_{r-1}.  One reverse scan, against the ~10x cost
+  # of differentiating through associative_scan's tree.
+  decay, h = residuals
+  zeros = jnp.zeros_like(decay[..., :1])
+  decay_next = jnp.broadcast_to(jnp.concatenate([decay[..., 1:], zeros], -1), g.shape)
+  lam = jnp.flip(_scan(jnp.flip(decay_next, -1), jnp.flip(g, -1)), -1)
+  h_prev = jnp.concatenate([jnp.zeros_like(h[..., :1]), h[..., :-1]], -1)
+  # ``decay`` was shared by the leading ``values`` rows: sum their terms with
+  # explicit adds (XLA:CPU lowers a reduce over that short leading axis to a
+  # library call ~30x slower than this elementwise fusion).
+  g_decay = functools.reduce(jnp.add, [lam[k] * h_prev[k] for k in range(g.shape[0])])
+  return g_decay, lam
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
+  """``h[k, ..., r] = decay[..., r] * h[k, ..., r-1] + values[k, ..., r]`` (``h_{-1} = 0``).
+
+  Runs along the last axis for each of the ``k`` leading rows of ``values``
+  [k, ..., n], which share ``decay`` [..., n]; ``decay[..., 0]`` is ignored.
+  With every ``decay`` in ``[0, 1]`` both this and its adjoint are stable.
+  """
+  return _recurrence(decay, values)
 
 
 def soft_sort_apply(scores: jax.Array, values: jax.Array,
@@ -109,9 +197,11 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
   """
   scores = jnp.asarray(scores, jnp.float32)
   values = jnp.asarray(values, jnp.float32)
-  # Stable descending order; ties keep candidate order.  Gradients reach the
-  # scores through the gathered values, never through the integer order.
-  order = jnp.argsort(-scores, axis=-1, stable=True)
+  # Descending order.  Tied scores may come out in any order: the output at
+  # rank r depends only on the sorted value t_r, and a zero gap links tied
+  # points with factor 1, so every tie order sums the same terms.  Gradients
+  # reach the scores through the gathered values, never through the order.
+  order = _argsort_desc(scores)
   x = jnp.take_along_axis(scores, order, axis=-1)
   v = jnp.take_along_axis(values, order, axis=-1)
   gaps = x[..., :-1] - x[..., 1:]  # >= 0 by construction
@@ -126,6 +216,8 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
       _linear_recurrence(jnp.flip(jnp.concatenate([link, zeros], -1), -1),
                          jnp.flip(stacked, -1)), -1)
   # K_r = L_r + link_r * R_{r+1}: every point exactly once, no cancellation.
+  # (Numerator and normaliser written out separately so that the gradient of
+  # the shared link is two adds, not a reduce over the stacked axis.)
   right_next = jnp.concatenate([right[..., 1:], jnp.zeros_like(right[..., :1])], -1)
   kernel_sums = left + jnp.concatenate([link, zeros], -1) * right_next
   return kernel_sums[0] / kernel_sums[1]

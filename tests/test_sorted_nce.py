@@ -127,7 +127,9 @@ def test_soft_sort_rows_sum_to_one_and_harden():
   np.testing.assert_allclose(hard, np.eye(9)[perm], atol=1e-6)
 
 
-def test_soft_sort_apply_equals_dense_matrix():
+@pytest.mark.parametrize("network_max_n", [4096, 0])  # sorting network / XLA sort
+def test_soft_sort_apply_equals_dense_matrix(network_max_n, monkeypatch):
+  monkeypatch.setattr(sorting, "_NETWORK_MAX_N", network_max_n)
   rng = np.random.default_rng(2)
   s = np.round(rng.normal(size=(3, 50)), 1)  # ties included
   v = rng.normal(size=(3, 50))
@@ -163,3 +165,29 @@ def test_quantization_helpers():
                              [2.0, 2.0, 2.0])
   np.testing.assert_allclose(float(losses.quantization_penalty(x)),
                              np.mean((np.abs([-0.3, 0.0, 0.7]) - 1) ** 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 100, 257])
+def test_sorting_network_orders_like_argsort(n):
+  rng = np.random.default_rng(n)
+  s = np.round(rng.normal(size=(2, 3, n)), 1).astype(np.float32)  # ties, leading dims
+  order = np.asarray(jax.jit(sorting._bitonic_argsort_desc)(s))
+  for row, o in zip(s.reshape(-1, n), order.reshape(-1, n)):
+    assert sorted(o.tolist()) == list(range(n))  # a permutation
+    np.testing.assert_array_equal(row[o], np.sort(row)[::-1])
+
+
+def test_recurrence_adjoint_matches_finite_differences():
+  """The hand-written VJP of h_r = a_r h_{r-1} + v_r (shared a over stacked v)."""
+  from jax.test_util import check_grads
+  rng = np.random.default_rng(6)
+  decay = jnp.asarray(rng.uniform(0.1, 1.0, size=(3, 9)))
+  values = jnp.asarray(rng.normal(size=(2, 3, 9)))
+  with jax.enable_x64(True):
+    check_grads(sorting._linear_recurrence, (decay.astype(jnp.float64), values.astype(jnp.float64)),
+                order=1, modes=["rev"])
+  h = np.asarray(sorting._linear_recurrence(decay, values))
+  want = np.zeros_like(h)
+  for r in range(9):
+    want[..., r] = (decay[..., r] * want[..., r - 1] if r else 0) + values[..., r]
+  np.testing.assert_allclose(h, want, rtol=1e-5)
