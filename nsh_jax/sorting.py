@@ -140,16 +140,26 @@ def _scan(decay: jax.Array, values: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
+def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
+  """``h[k, ..., r] = decay[..., r] * h[k, ..., r-1] + values[k, ..., r]`` (``h_{-1} = 0``).
+
+  Runs along the last axis for each of the ``k`` leading rows of ``values``
+  ``[k, ..., n]``, which share ``decay`` ``[..., n]``; ``decay[..., 0]`` is
+  ignored.  With every ``decay`` in ``[0, 1]`` both this and its adjoint are
+  stable.
+  """
+  if values.ndim != decay.ndim + 1 or values.shape[1:] != decay.shape:
+    raise ValueError(f"values must be [k, *decay.shape]; got values {values.shape}, "
+                     f"decay {decay.shape}")
   return _scan(jnp.broadcast_to(decay, values.shape), values)
 
 
-def _recurrence_fwd(decay, values):
-  h = _scan(jnp.broadcast_to(decay, values.shape), values)
+def _linear_recurrence_fwd(decay, values):
+  h = _linear_recurrence(decay, values)
   return h, (decay, h)
 
 
-def _recurrence_bwd(residuals, g):
+def _linear_recurrence_bwd(residuals, g):
   # The adjoint of a first-order recurrence is the same recurrence run
   # backwards: lam_r = g_r + decay_{r+1} lam_{r+1}; then dL/dvalues_r = lam_r
   # and dL/ddecay_r = lam_r h_{r-1}.  One reverse scan, against the ~10x cost
@@ -159,24 +169,14 @@ def _recurrence_bwd(residuals, g):
   decay_next = jnp.broadcast_to(jnp.concatenate([decay[..., 1:], zeros], -1), g.shape)
   lam = jnp.flip(_scan(jnp.flip(decay_next, -1), jnp.flip(g, -1)), -1)
   h_prev = jnp.concatenate([jnp.zeros_like(h[..., :1]), h[..., :-1]], -1)
-  # ``decay`` was shared by the leading ``values`` rows: sum their terms with
-  # explicit adds (XLA:CPU lowers a reduce over that short leading axis to a
-  # library call ~30x slower than this elementwise fusion).
+  # ``decay`` is shared by the k leading rows: sum their terms with explicit
+  # adds (XLA:CPU lowers a reduce over that short leading axis to a library
+  # call ~30x slower than this elementwise fusion).
   g_decay = functools.reduce(jnp.add, [lam[k] * h_prev[k] for k in range(g.shape[0])])
   return g_decay, lam
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
-
-
-def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
-  """``h[k, ..., r] = decay[..., r] * h[k, ..., r-1] + values[k, ..., r]`` (``h_{-1} = 0``).
-
-  Runs along the last axis for each of the ``k`` leading rows of ``values``
-  [k, ..., n], which share ``decay`` [..., n]; ``decay[..., 0]`` is ignored.
-  With every ``decay`` in ``[0, 1]`` both this and its adjoint are stable.
-  """
-  return _recurrence(decay, values)
+_linear_recurrence.defvjp(_linear_recurrence_fwd, _linear_recurrence_bwd)
 
 
 def soft_sort_apply(scores: jax.Array, values: jax.Array,
@@ -216,8 +216,6 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
       _linear_recurrence(jnp.flip(jnp.concatenate([link, zeros], -1), -1),
                          jnp.flip(stacked, -1)), -1)
   # K_r = L_r + link_r * R_{r+1}: every point exactly once, no cancellation.
-  # (Numerator and normaliser written out separately so that the gradient of
-  # the shared link is two adds, not a reduce over the stacked axis.)
   right_next = jnp.concatenate([right[..., 1:], jnp.zeros_like(right[..., :1])], -1)
   kernel_sums = left + jnp.concatenate([link, zeros], -1) * right_next
   return kernel_sums[0] / kernel_sums[1]
