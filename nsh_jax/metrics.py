@@ -14,8 +14,7 @@ labels ``[n]``; at least one shared label for multi-hot labels ``[n, C]``.
 No Python loop per query and no ``[q, n]`` matrix: the ranking and the
 per-radius counts are compiled O(n) passes per query in
 :mod:`nsh_jax.retrieval` (memory ``O(q * k)``), so 10,000 queries x 1,000,000
-database codes fits in memory.  Imports
-nothing from training.
+database codes fits in memory.  Imports nothing from training.
 """
 
 from __future__ import annotations
@@ -103,8 +102,7 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels,
-                   ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000),
-                   ) -> dict:
+                   ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000)) -> dict:
   """Mean precision of the top ``N`` retrieved items for each ``N`` in ``ns``."""
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   ns = [int(min(v, x.shape[0])) for v in ns]

@@ -118,22 +118,24 @@ def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
   name = config.loss.name
   c1, c2 = out1["codes"][:, :bits], out2["codes"][:, :bits]
   if name == "nsh":
-    tau_bits = sort_temperature(config, step)
-    s1, s2 = c1, c2
-    if config.loss.get("straight_through"):
-      # Sort by exact Hamming similarity of the sign codes; gradients pass
-      # straight through to the relaxed codes (docs/training.md).
-      s1, s2 = losses.sign_ste(c1), losses.sign_ste(c2)
-    main = losses.symmetric_sorted_nce(
-        s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
-        temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
-        sorter=config.loss.sorter)
-    main = main * config.loss.get("sorted_weight", 1.0)  # 0: the no-sort control
-    ramp = int(config.loss.get("sorted_warmup_steps") or 0)
-    if ramp:
-      # SortedNCE's positives are only as good as the codes that rank them:
-      # ramp it in linearly while the instance terms shape the codes.
-      main = main * jnp.clip(step / ramp, 0.0, 1.0)
+    main = jnp.zeros((), jnp.float32)
+    weight = float(config.loss.get("sorted_weight", 1.0))
+    if weight:  # 0: the no-sort control, and SortedNCE is not computed at all
+      tau_bits = sort_temperature(config, step)
+      s1, s2 = c1, c2
+      if config.loss.get("straight_through"):
+        # Sort by exact Hamming similarity of the sign codes; gradients pass
+        # straight through to the relaxed codes (docs/training.md).
+        s1, s2 = losses.sign_ste(c1), losses.sign_ste(c2)
+      main = weight * losses.symmetric_sorted_nce(
+          s1, s2, out1["latents"], out2["latents"], num_positives=config.loss.num_positives,
+          temperature=config.loss.temperature, sort_temperature=tau_bits / bits,
+          sorter=config.loss.sorter)
+      ramp = int(config.loss.get("sorted_warmup_steps") or 0)
+      if ramp:
+        # SortedNCE's positives are only as good as the codes that rank them:
+        # ramp it in linearly while the instance terms shape the codes.
+        main = main * jnp.clip(step / ramp, 0.0, 1.0)
     inst = float(config.loss.get("instance_weight") or 0.0)
     if inst:
       # The other view as an explicit positive for the latents: from scratch the

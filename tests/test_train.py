@@ -174,3 +174,22 @@ def test_shared_cifar_prefix_loads():
   s = input_pipeline.load_npz(SHARED_NPZ)
   assert s.train_images.shape == (5085, 32, 32, 3) and s.query_images.shape == (1017, 32, 32, 3)
   assert s.num_classes == 10
+
+
+def test_sorted_weight_scales_sortednce_and_zero_leaves_the_instance_term():
+  import jax
+  from configs import default
+  from nsh_jax import losses, train
+  rng = np.random.default_rng(0)
+  out = [{"codes": np.tanh(rng.normal(size=(12, 8))).astype(np.float32),
+          "latents": rng.normal(size=(12, 6)).astype(np.float32)} for _ in range(2)]
+  c = default.get_config()
+  c.loss.instance_weight, c.loss.sorted_warmup_steps = 1.0, 0
+  inst = losses.nt_xent(out[0]["latents"], out[1]["latents"], c.loss.temperature)
+  _, with_sort = train.length_loss(c, 5, out[0], out[1], None, 8)
+  c.loss.sorted_weight = 0.5
+  _, half = train.length_loss(c, 5, out[0], out[1], None, 8)
+  c.loss.sorted_weight = 0.0
+  none = jax.jit(lambda a, b: train.length_loss(c, 5, a, b, None, 8)[1])(out[0], out[1])
+  np.testing.assert_allclose(float(none), float(inst), rtol=1e-6)
+  np.testing.assert_allclose(float(half - inst), 0.5 * float(with_sort - inst), rtol=1e-5)
