@@ -14,14 +14,20 @@ bit-balance penalties, global-norm clipping and AdamW.
   handed over pre-made: its augmentation cost is *not* counted (ours is).
 
   python benchmarks/train_step.py [--batches 64 256 1024] [--steps 5]
+                                  [--compare-xla-defaults]
 
 Prints steps/s of both, their ratio, and our compile time separately.  Both
-sides use every core (torch.set_num_threads(os.cpu_count())).
+sides use every core (torch.set_num_threads(os.cpu_count())).  Our side runs
+with the XLA:CPU flags ``import nsh_jax`` sets (:mod:`nsh_jax.xla_cpu`);
+``--compare-xla-defaults`` adds a column for our step under XLA's own
+defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA reads its
+flags once per process).
 """
 
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -44,25 +50,50 @@ def config_for(batch):
   return c
 
 
-def bench_jax(batch, steps, images, labels):
+def _timed(step_once, steps):
+  """Per-step wall times (s) of ``steps`` calls."""
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step_once()
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def jax_runner(batch, images, labels):
+  """(run, compile_s): ``run(steps)`` times our jitted step, one sync per step."""
   c = config_for(batch)
   mesh = train.make_mesh()
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.device_put(train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10),
-                         repl)
+  box = [jax.device_put(train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10),
+                        repl)]
   step = train.make_train_step(c, mesh)
   x, y = jax.device_put(images, data), jax.device_put(labels, data)
   t = time.perf_counter()
-  compiled = step.lower(state, x, y).compile()
+  compiled = step.lower(box[0], x, y).compile()
   compile_s = time.perf_counter() - t
-  state, m = compiled(state, x, y)  # warm-up
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, m = compiled(state, x, y)
-  jax.block_until_ready(m)
-  return steps / (time.perf_counter() - t), compile_s, float(m["loss"])
+
+  def once():
+    box[0], m = compiled(box[0], x, y)
+    jax.block_until_ready(m)
+
+  once()  # warm-up
+  return (lambda steps: _timed(once, steps)), compile_s
+
+
+def bench_jax_xla_defaults(batch, steps, rounds):
+  """Our step in a fresh process with XLA's default CPU flags: (steps/s, compile s)."""
+  from nsh_jax import xla_cpu
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith(xla_cpu.YNN_FLAG + "=")]  # ours, inherited from this process
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags), NSH_JAX_KEEP_XLA_FLAGS="1")
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), "--jax-only",
+                        "--batches", str(batch), "--steps", str(steps),
+                        "--rounds", str(rounds)],
+                       env=env, capture_output=True, text=True, check=True)
+  rate, compile_s = out.stdout.split()[-2:]
+  return float(rate), float(compile_s)
 
 
 def torch_side():
@@ -127,14 +158,15 @@ def torch_side():
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
       opt.step()
-      return float(loss)
+      return float(loss.detach())
 
     return step
 
   return torch, make
 
 
-def bench_torch(batch, steps, images):
+def torch_runner(batch, images):
+  """``run(steps)`` timing the PyTorch step on two pre-made views."""
   torch, make = torch_side()
   torch.set_num_threads(os.cpu_count())
   rng = np.random.default_rng(1)
@@ -145,39 +177,62 @@ def bench_torch(batch, steps, images):
       (x[:, :, ::-1] + rng.normal(0, 0.02, x.shape)).astype(np.float32).transpose(0, 3, 1, 2)))
   step = make(batch)
   step(v1, v2)  # warm-up
-  t = time.perf_counter()
-  for _ in range(steps):
-    loss = step(v1, v2)
-  return steps / (time.perf_counter() - t), loss
+  return lambda steps: _timed(lambda: step(v1, v2), steps)
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
-  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+  ap.add_argument("--rounds", type=int, default=3,
+                  help="rounds, each timing both sides in turn (interleaved)")
   ap.add_argument("--torch-max-gb", type=float, default=16.0,
                   help="skip PyTorch where its soft permutations would exceed this")
+  ap.add_argument("--compare-xla-defaults", action="store_true",
+                  help="also time our step under XLA:CPU's default flags")
+  ap.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
+  rng = np.random.default_rng(0)
+
+  def inputs(batch):
+    return (rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
+            rng.integers(0, 10, batch).astype(np.int32))
+
+  if args.jax_only:  # the --compare-xla-defaults subprocess
+    run, compile_s = jax_runner(args.batches[0], *inputs(args.batches[0]))
+    print(1 / min(min(run(args.steps)) for _ in range(args.rounds)), compile_s)
+    return
   import torch
+  extra = args.compare_xla_defaults
   print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
         f"({jax.devices()[0].platform}), torch {torch.__version__}; small CNN, 32x32, "
-        f"{BITS} bits, latent {LATENT}; {args.steps} timed steps after one warm-up")
-  print("| batch | nsh_jax steps/s | PyTorch steps/s | ratio | nsh_jax compile (s) |")
-  print("|---|---|---|---|---|")
-  rng = np.random.default_rng(0)
+        f"{BITS} bits, latent {LATENT}; steps/s = 1 / fastest step of {args.rounds} "
+        f"interleaved rounds x {args.steps} steps per side, after one warm-up; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print("| batch | nsh_jax steps/s | PyTorch steps/s | ratio | nsh_jax compile (s) |"
+        + (" nsh_jax, XLA:CPU defaults (steps/s) |" if extra else ""))
+  print("|---|---|---|---|---|" + ("---|" if extra else ""))
   for batch in args.batches:
-    images = rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8)
-    labels = rng.integers(0, 10, batch).astype(np.int32)
-    ours, compile_s, _ = bench_jax(batch, args.steps, images, labels)
+    images, labels = inputs(batch)
+    run_ours, compile_s = jax_runner(batch, images, labels)
     # [n, n, n] float32 soft permutations, x2 directions, kept for backward (~x4).
     torch_gb = 4 * 2 * 4 * batch ** 3 / 2 ** 30
-    if torch_gb > args.torch_max_gb:
-      print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} |",
-            flush=True)
+    run_theirs = torch_runner(batch, images) if torch_gb <= args.torch_max_gb else None
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+      ours += run_ours(args.steps)
+      if run_theirs:
+        theirs += run_theirs(args.steps)
+    ours = 1 / min(ours)
+    tail = (f" {bench_jax_xla_defaults(batch, args.steps, args.rounds)[0]:.2f} |"
+            if extra else "")
+    if not run_theirs:
+      print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} |"
+            + tail, flush=True)
       continue
-    theirs, _ = bench_torch(batch, args.steps, images)
-    print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} |",
-          flush=True)
+    theirs = 1 / min(theirs)
+    print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} |"
+          + tail, flush=True)
 
 
 if __name__ == "__main__":

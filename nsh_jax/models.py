@@ -25,14 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nsh_jax import xla_cpu
+
 BACKBONES = ("small_cnn", "vgg16", "resnet50")
 
 
 def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 'SAME' stride-1 convolution as one matmul over the 9 shifted copies.
 
-  Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  On XLA:CPU its
-  backward pass is 2x faster than the convolution's (benchmarks/train_step.py).
+  Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  When XLA:CPU sends
+  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is 2x
+  faster forward + backward; with those fusions off XLA's convolution is 2-3x
+  faster than this.
   """
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -40,9 +44,14 @@ def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return (cols.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(n, h, w, -1)
 
 
+def _use_patches() -> bool:
+  """Conv3x3 computes by :func:`_conv3x3_patches` only on XLA:CPU with YNNPACK convolutions."""
+  return jax.default_backend() == "cpu" and xla_cpu.ynn_convolutions_on()
+
+
 class Conv3x3(nn.Module):
   """``nn.Conv(features, (3, 3))`` with the same parameters (``kernel`` HWIO,
-  ``bias``); on CPU backends it computes by :func:`_conv3x3_patches`."""
+  ``bias``); computes by :func:`_conv3x3_patches` where :func:`_use_patches`."""
   features: int
   dtype: Any = jnp.float32
 
@@ -52,9 +61,9 @@ class Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if jax.default_backend() == "cpu":
+    if _use_patches():
       y = _conv3x3_patches(x, kernel)
-    else:  # TPU/GPU convolutions are fast as they are
+    else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias.astype(self.dtype)

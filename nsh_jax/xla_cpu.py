@@ -1,0 +1,62 @@
+"""XLA:CPU settings: YNNPACK library fusions off, set before JAX starts its CPU client.
+
+jaxlib 0.10's XLA:CPU hands convolutions, dots and reductions to YNNPACK
+"library fusions" by default.  For this project's CPU work they are the slow
+path: a 3x3 convolution's forward + backward at batch 512 (16x16x32 -> 64)
+takes 474 ms through them and 70 ms through XLA's own convolution, and the
+whole NSH train step at batch 256 goes from 0.91 s to 0.47 s with them off
+(``benchmarks/train_step.py --compare-xla-defaults``).
+
+XLA reads ``XLA_FLAGS`` once, when the first backend is created, so
+:func:`apply_defaults` (run by ``import nsh_jax``) only adds the flag while no
+JAX backend exists yet, and never overrides a value the user set.  Set
+``NSH_JAX_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS`` alone.  TPU and GPU
+backends ignore ``xla_cpu_*`` flags.
+"""
+
+from __future__ import annotations
+
+import os
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+OPT_OUT_ENV = "NSH_JAX_KEEP_XLA_FLAGS"
+
+
+def _backends_started() -> bool:
+  from jax._src import xla_bridge  # no public query for this
+  return xla_bridge.backends_are_initialized()
+
+
+def apply_defaults() -> bool:
+  """Turns YNNPACK fusions off via ``XLA_FLAGS`` if that can still take effect.
+
+  Returns whether the flag was added.  Does nothing when the user already set
+  the flag, opted out with ``NSH_JAX_KEEP_XLA_FLAGS=1``, or a JAX backend has
+  already been created (the flag would be read too late).
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if (os.environ.get(OPT_OUT_ENV, "") not in ("", "0") or YNN_FLAG + "=" in flags
+      or _backends_started()):
+    return False
+  os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG + "=").strip()
+  return True
+
+
+def ynn_convolutions_on(flags: str | None = None) -> bool:
+  """Whether XLA:CPU sends convolutions to YNNPACK under ``flags`` (default: ``XLA_FLAGS``).
+
+  Only the flag's last occurrence counts, as in XLA's parser.  Its value is
+  either a list that replaces the default (which includes
+  ``individual_convolution``) or signed edits of it (``-individual_convolution``).
+  """
+  flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+  value = None
+  for token in flags.split():
+    if token.startswith(YNN_FLAG + "="):
+      value = token[len(YNN_FLAG) + 1:]
+  if value is None:
+    return True
+  items = [t for t in value.split(",") if t]
+  if items and all(t[0] in "+-" for t in items):
+    return "-individual_convolution" not in items
+  return "individual_convolution" in items
