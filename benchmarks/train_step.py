@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from configs import default
-from nsh_jax import train
+from nsh_jax import train, xla_cpu
 
 BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
 
@@ -84,14 +84,10 @@ def jax_runner(batch, images, labels):
 
 def bench_jax_xla_defaults(batch, steps, rounds):
   """Our step in a fresh process with XLA's default CPU flags: (steps/s, compile s)."""
-  from nsh_jax import xla_cpu
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith(xla_cpu.YNN_FLAG + "=")]  # ours, inherited from this process
-  env = dict(os.environ, XLA_FLAGS=" ".join(flags), NSH_JAX_KEEP_XLA_FLAGS="1")
   out = subprocess.run([sys.executable, os.path.abspath(__file__), "--jax-only",
                         "--batches", str(batch), "--steps", str(steps),
                         "--rounds", str(rounds)],
-                       env=env, capture_output=True, text=True, check=True)
+                       env=xla_cpu.defaults_env(), capture_output=True, text=True, check=True)
   rate, compile_s = out.stdout.split()[-2:]
   return float(rate), float(compile_s)
 

@@ -4,8 +4,8 @@ jaxlib 0.10's XLA:CPU hands convolutions, dots and reductions to YNNPACK
 "library fusions" by default.  For this project's CPU work they are the slow
 path: a 3x3 convolution's forward + backward at batch 512 (16x16x32 -> 64)
 takes 474 ms through them and 70 ms through XLA's own convolution, and the
-whole NSH train step at batch 256 goes from 0.91 s to 0.47 s with them off
-(``benchmarks/train_step.py --compare-xla-defaults``).
+whole NSH train step at batch 256 runs at 2.16 instead of 1.43 steps/s with
+them off (``benchmarks/train_step.py --compare-xla-defaults``, BENCHMARKS.md).
 
 XLA reads ``XLA_FLAGS`` once, when the first backend is created, so
 :func:`apply_defaults` (run by ``import nsh_jax``) only adds the flag while no
@@ -40,6 +40,13 @@ def apply_defaults() -> bool:
     return False
   os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG + "=").strip()
   return True
+
+
+def defaults_env() -> dict[str, str]:
+  """This process's environment for a child that should run under XLA's own
+  CPU defaults: the flag :func:`apply_defaults` adds removed, and the opt-out set."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(YNN_FLAG + "=")]
+  return dict(os.environ, XLA_FLAGS=" ".join(flags), **{OPT_OUT_ENV: "1"})
 
 
 def ynn_convolutions_on(flags: str | None = None) -> bool:

@@ -1,5 +1,6 @@
 """nsh_jax.xla_cpu: the flag is added only when it can take effect, and it does take effect."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def _probe(env_extra, before=""):
                        env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   flags, ynn = out.stdout.strip().rsplit(" ", 1)
-  return eval(flags), ynn == "True"  # noqa: S307 -- our own repr
+  return ast.literal_eval(flags), ynn == "True"
 
 
 def test_import_turns_ynn_fusions_off_and_respects_users():
@@ -62,3 +63,11 @@ def test_import_turns_ynn_fusions_off_and_respects_users():
   # A backend started before the import: too late, so the environment is not touched.
   flags, ynn = _probe({}, before="import jax; jax.devices()")
   assert flags == "" and ynn
+
+
+def test_defaults_env_drops_only_our_flag_and_opts_out(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 " + xla_cpu.YNN_FLAG + "=")
+  env = xla_cpu.defaults_env()
+  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+  assert env[xla_cpu.OPT_OUT_ENV] == "1"
+  assert xla_cpu.ynn_convolutions_on(env["XLA_FLAGS"])

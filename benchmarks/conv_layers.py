@@ -1,0 +1,86 @@
+"""The small CNN's three 3x3 convolutions, forward + backward, in both of
+``Conv3x3``'s forms and under both XLA:CPU settings.
+
+Forms: ``im2col`` (``models._conv3x3_patches``: one matmul over the nine
+shifted copies) and ``XLA conv`` (``lax.conv_general_dilated``).  Settings:
+the flag ``import nsh_jax`` sets (YNNPACK fusions off, :mod:`nsh_jax.xla_cpu`)
+and XLA's defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA
+reads its flags once per process).  Batch 512 = two views of 256 images;
+milliseconds = the fastest of ``--repeats`` runs of the jitted VJP.
+
+  python benchmarks/conv_layers.py [--batch 512] [--repeats 5]
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nsh_jax import models, xla_cpu
+
+LAYERS = ((16, 32, 64), (8, 64, 128), (4, 128, 256))  # (side, in, out) of conv0..conv2
+
+
+def xla_conv(x, k):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def timings(batch, repeats):
+  """{(layer, form): ms} for this process's XLA flags."""
+  rng = np.random.default_rng(0)
+  out = {}
+  for i, (side, cin, cout) in enumerate(LAYERS):
+    x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
+    for form, f in (("im2col", models._conv3x3_patches), ("xla", xla_conv)):
+      g = jax.jit(lambda x, k, f=f: jax.vjp(f, x, k)[1](dy))
+      jax.block_until_ready(g(x, k))
+      best = float("inf")
+      for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(g(x, k))
+        best = min(best, time.perf_counter() - t)
+      out[f"conv{i}", form] = best * 1e3
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--batch", type=int, default=512)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.raw:  # the XLA-defaults subprocess
+    for (layer, form), ms in timings(args.batch, args.repeats).items():
+      print(layer, form, ms)
+    return
+  ours = timings(args.batch, args.repeats)
+  raw = subprocess.run([sys.executable, os.path.abspath(__file__), "--raw", "--batch",
+                        str(args.batch), "--repeats", str(args.repeats)],
+                       env=xla_cpu.defaults_env(), capture_output=True, text=True,
+                       check=True).stdout
+  default = {(l, f): float(ms) for l, f, ms in (line.split() for line in raw.splitlines())}
+  print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__}; "
+        f"3x3 conv forward + backward, batch {args.batch}, fastest of {args.repeats} (ms)")
+  print("| layer (in -> out) | im2col, YNN off | XLA conv, YNN off | im2col, XLA defaults "
+        "| XLA conv, XLA defaults |")
+  print("|---|---|---|---|---|")
+  for i, (side, cin, cout) in enumerate(LAYERS):
+    l = f"conv{i}"
+    print(f"| {l} ({side}x{side}x{cin} -> {cout}) | {ours[l, 'im2col']:.1f} | {ours[l, 'xla']:.1f} "
+          f"| {default[l, 'im2col']:.1f} | {default[l, 'xla']:.1f} |")
+
+
+if __name__ == "__main__":
+  main()
