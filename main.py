@@ -45,6 +45,7 @@ def _setup_runtime():
   except Exception:
     pass
   import jax
+  import nsh_jax  # noqa: F401 -- sets its XLA:CPU flags before anything starts a backend
   if int(os.environ.get("JAX_PROCESS_COUNT", "1")) > 1 or os.environ.get("COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
 
