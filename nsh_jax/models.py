@@ -34,9 +34,9 @@ def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 'SAME' stride-1 convolution as one matmul over the 9 shifted copies.
 
   Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  When XLA:CPU sends
-  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is 2x
-  faster forward + backward; with those fusions off XLA's convolution is 2-3x
-  faster than this.
+  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is up
+  to 2.3x faster forward + backward; with those fusions off XLA's convolution
+  is 1.7-2.9x faster than this (``benchmarks/conv_layers.py``).
   """
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -99,7 +99,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 class SmallCNN(nn.Module):
   """A 2x2/stride-2 stem, then conv-GroupNorm-ReLU-maxpool stages: 32x32 in.
 
-  Sized for CPUs (XLA's CPU convolutions are slow): the patchify stem halves the
+  Sized for CPUs: the patchify stem halves the
   resolution before any 3x3 convolution.
   """
   stem: int = 32
