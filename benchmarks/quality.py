@@ -21,6 +21,9 @@ num_positives, temperature, sort temperature, sorter.
   python benchmarks/quality.py --workdir runs/quality [--steps 300] [--seeds 0 1 2]
          [--out docs/quality.md] [--no-ablations]
 
+--out replaces only the text between the file's ``<!-- benchmarks/quality.py: ... -->``
+markers (the whole file if it has none), so the prose around the table stays.
+
 Finished runs in --workdir are reused; delete it to measure again.
 """
 
@@ -134,7 +137,8 @@ def main():
                   ["--config.loss.sorted_weight=0.0"]),
                  ("num_positives m=1", ["--config.loss.num_positives=1"]),
                  ("num_positives m=4", ["--config.loss.num_positives=4"]),
-                 ("temperature 0.1", ["--config.loss.temperature=0.1"]),
+                 ("temperature 0.3", ["--config.loss.temperature=0.3"]),
+                 ("temperature 0.05", ["--config.loss.temperature=0.05"]),
                  ("sort temperature 4 bits", ["--config.loss.sort_temperature=4.0"]),
                  ("ott-jax sorter", ["--config.loss.sorter=ott"])]
     lines += ["", f"Ablations of NSH (seed {seed}; each row changes one setting of the nsh row):",
@@ -158,9 +162,20 @@ def main():
   text = "\n".join(lines)
   print("\n" + text)
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+    write_block(args.out, text)
 
+
+BEGIN, END = "<!-- benchmarks/quality.py: begin -->", "<!-- benchmarks/quality.py: end -->"
+
+
+def write_block(path, text):
+  """Writes ``text`` between the BEGIN/END markers of ``path``, keeping the prose around them
+  (a file without the markers is replaced)."""
+  old = open(path).read() if os.path.exists(path) else ""
+  head, sep, rest = old.partition(BEGIN)
+  head, tail = (head, rest.partition(END)[2]) if sep else ("", "\n")
+  with open(path, "w") as f:
+    f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 if __name__ == "__main__":
   main()
