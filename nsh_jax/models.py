@@ -51,12 +51,15 @@ def _use_patches() -> bool:
 
 class Conv3x3(nn.Module):
   """``nn.Conv(features, (3, 3))`` with the same parameters (``kernel`` HWIO,
-  ``bias``); computes by :func:`_conv3x3_patches` where :func:`_use_patches`."""
+  ``bias``); computes by :func:`_conv3x3_patches` where :func:`_use_patches`.
+
+  ``add_bias=False`` returns the convolution without its bias, for a caller
+  that adds it more cheaply (:class:`GroupNorm`'s ``shift``)."""
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, add_bias: bool = True):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
@@ -66,18 +69,19 @@ class Conv3x3(nn.Module):
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(self.dtype)
+    return y + bias.astype(self.dtype) if add_bias else y
 
 
 class Patchify(nn.Module):
   """``nn.Conv(features, (p, p), strides=(p, p))`` ('VALID' on a multiple of p)
-  as one matmul over non-overlapping patches; same parameters."""
+  as one matmul over non-overlapping patches; same parameters (``add_bias`` as
+  in :class:`Conv3x3`)."""
   features: int
   patch: int = 2
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, add_bias: bool = True):
     p, (n, h, w, c) = self.patch, x.shape
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features),
                         jnp.float32)
@@ -85,7 +89,8 @@ class Patchify(nn.Module):
     x = x[:, :h // p * p, :w // p * p].astype(self.dtype)
     x = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
     y = x.reshape(-1, p * p * c) @ kernel.astype(self.dtype).reshape(p * p * c, -1)
-    return y.reshape(n, h // p, w // p, -1) + bias.astype(self.dtype)
+    y = y.reshape(n, h // p, w // p, -1)
+    return y + bias.astype(self.dtype) if add_bias else y
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -94,6 +99,53 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2]
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
+               eps: float = 1e-6, shift: jax.Array | None = None) -> jax.Array:
+  """GroupNorm of ``u = x + shift``: ``(u - mu_ng) / sqrt(var_ng + eps) * scale + bias``.
+
+  ``x`` ``[n, H, W, C]``; ``scale``, ``bias``, ``shift`` ``[C]``; ``mu_ng`` and
+  ``var_ng = E[u^2] - mu_ng^2`` (clipped at 0) over ``H, W`` and the ``C / groups``
+  channels of group ``g`` -- ``nn.GroupNorm``'s formula and defaults.
+
+  Written as one per-sample affine map ``x * A[n, c] + B[n, c]`` whose
+  statistics come from per-channel sums over ``H, W``; ``shift`` (the bias of
+  the convolution before it) enters only those ``[n, C]`` sums.  So neither
+  the bias add nor any parameter gradient makes a pass over the full-size
+  tensor: the small CNN's step is about 4% faster than with ``conv + bias``
+  followed by ``nn.GroupNorm`` (``benchmarks/train_step.py``).
+  """
+  n, h, w, c = x.shape
+  k, hw = c // groups, h * w
+  xf = x.reshape(n, hw, c)
+  s1, s2 = jnp.sum(xf, axis=1), jnp.sum(xf * xf, axis=1)  # [n, C]
+  if shift is not None:
+    s1, s2 = s1 + hw * shift, s2 + 2 * shift * s1 + hw * shift ** 2
+  mean = jnp.sum(s1.reshape(n, groups, k), -1) / (hw * k)
+  var = jnp.maximum(jnp.sum(s2.reshape(n, groups, k), -1) / (hw * k) - mean ** 2, 0.0)
+  a = jnp.repeat(jax.lax.rsqrt(var + eps), k, axis=1) * scale  # [n, C]
+  b = bias - jnp.repeat(mean, k, axis=1) * a
+  if shift is not None:
+    b = b + shift * a
+  return x * a[:, None, None, :] + b[:, None, None, :]
+
+
+class GroupNorm(nn.Module):
+  """``nn.GroupNorm(num_groups)`` (same ``scale``/``bias`` parameters) by
+  :func:`group_norm`; ``shift`` ``[C]`` is added to the input first."""
+  num_groups: int = 8
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, shift=None):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    x32 = x.astype(jnp.float32)  # statistics in float32, as nn.GroupNorm
+    shift = None if shift is None else shift.astype(jnp.float32)
+    return group_norm(x32, scale, bias, self.num_groups, self.epsilon, shift).astype(self.dtype)
 
 
 class SmallCNN(nn.Module):
@@ -109,12 +161,16 @@ class SmallCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = Patchify(self.stem, 2, dtype=self.dtype, name="stem")(x)
-    x = nn.relu(nn.GroupNorm(num_groups=8, dtype=self.dtype, name="stem_norm")(x))
+    # Each layer's bias is handed to the GroupNorm after it (see group_norm).
+    stem = Patchify(self.stem, 2, dtype=self.dtype, name="stem")
+    x = stem(x, add_bias=False)
+    x = GroupNorm(8, dtype=self.dtype, name="stem_norm")(x, stem.variables["params"]["bias"])
+    x = nn.relu(x)
     for i, w in enumerate(self.widths):
-      x = Conv3x3(w, dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.relu(nn.GroupNorm(num_groups=8, dtype=self.dtype, name=f"norm{i}")(x))
-      x = max_pool_2x2(x)
+      conv = Conv3x3(w, dtype=self.dtype, name=f"conv{i}")
+      x = conv(x, add_bias=False)
+      x = GroupNorm(8, dtype=self.dtype, name=f"norm{i}")(x, conv.variables["params"]["bias"])
+      x = max_pool_2x2(nn.relu(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc")(x))
 

@@ -67,3 +67,61 @@ def test_max_pool_2x2_equals_flax_max_pool():
   g1 = jax.grad(lambda x: jnp.sum(jnp.sin(models.max_pool_2x2(x))))(x)
   g2 = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), (2, 2)))))(x)
   np.testing.assert_allclose(g1, g2, rtol=1e-6)
+
+
+def test_group_norm_with_shift_equals_flax_group_norm_values_and_gradients():
+  """group_norm(x, shift=b) is nn.GroupNorm(x + b): values, and gradients for x, scale, bias, b."""
+  import flax.linen as nn
+  import jax
+  from nsh_jax import models
+  k = jax.random.split(jax.random.PRNGKey(5), 4)
+  x = jax.random.normal(k[0], (3, 5, 4, 16)) * 2.0 + 0.5
+  scale, bias, shift = (jax.random.normal(kk, (16,)) for kk in k[1:])
+  ref = nn.GroupNorm(num_groups=4)
+  ref_fn = lambda x, s, b, t: ref.apply({"params": {"scale": s, "bias": b}}, x + t)
+  ours_fn = lambda x, s, b, t: models.group_norm(x, s, b, 4, shift=t)
+  np.testing.assert_allclose(ours_fn(x, scale, bias, shift), ref_fn(x, scale, bias, shift),
+                             rtol=1e-4, atol=1e-4)
+  # Independent formula: NumPy, float64.
+  u = np.asarray(x + shift, np.float64).reshape(3, 5, 4, 4, 4)
+  mu, var = u.mean(axis=(1, 2, 4), keepdims=True), u.var(axis=(1, 2, 4), keepdims=True)
+  want = ((u - mu) / np.sqrt(var + 1e-6)).reshape(3, 5, 4, 16) * np.asarray(scale) + np.asarray(bias)
+  np.testing.assert_allclose(ours_fn(x, scale, bias, shift), want, rtol=1e-4, atol=1e-4)
+  w = jax.random.normal(jax.random.PRNGKey(6), x.shape)
+  loss = lambda f: lambda *a: jnp.sum(jnp.tanh(f(*a)) * w)
+  g1 = jax.grad(loss(ours_fn), argnums=(0, 1, 2, 3))(x, scale, bias, shift)
+  g2 = jax.grad(loss(ref_fn), argnums=(0, 1, 2, 3))(x, scale, bias, shift)
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max()))
+
+
+def test_small_cnn_equals_plain_flax_layers():
+  """SmallCNN (biases folded into GroupNorm) is the plain conv + bias -> nn.GroupNorm -> ReLU -> max-pool
+  network with the same parameters, in values and in every parameter's gradient."""
+  import flax.linen as nn
+  import jax
+  from nsh_jax import models
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(32, (2, 2), (2, 2), padding="VALID", name="stem")(x)
+      x = nn.relu(nn.GroupNorm(num_groups=8, name="stem_norm")(x))
+      for i, w in enumerate((64, 128, 256)):
+        x = nn.Conv(w, (3, 3), name=f"conv{i}")(x)
+        x = nn.max_pool(nn.relu(nn.GroupNorm(num_groups=8, name=f"norm{i}")(x)), (2, 2), (2, 2))
+      return nn.relu(nn.Dense(256, name="fc")(jnp.mean(x, axis=(1, 2))))
+
+  x = jax.random.normal(jax.random.PRNGKey(7), (4, 32, 32, 3))
+  ours = models.SmallCNN()
+  v = ours.init(jax.random.PRNGKey(8), x)
+  leaves, tree = jax.tree.flatten(v)
+  keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+  v = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(kk, a.shape)
+                                for a, kk in zip(leaves, keys)])  # non-zero biases
+  assert jax.tree.structure(v) == jax.tree.structure(Plain().init(jax.random.PRNGKey(0), x))
+  np.testing.assert_allclose(ours.apply(v, x), Plain().apply(v, x), rtol=1e-4, atol=1e-4)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  g1, g2 = jax.grad(loss(ours))(v), jax.grad(loss(Plain()))(v)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
