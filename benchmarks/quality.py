@@ -177,5 +177,6 @@ def write_block(path, text):
   with open(path, "w") as f:
     f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
+
 if __name__ == "__main__":
   main()
