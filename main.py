@@ -19,8 +19,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags
-from ml_collections import config_flags
+from nsh_jax import malloc  # noqa: E402
+
+# Before TensorFlow or JAX start their threads: XLA:CPU's buffers then stop
+# faulting in fresh pages every step (8-10% faster training; nsh_jax/malloc.py).
+malloc.tune()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.",

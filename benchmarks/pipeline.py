@@ -6,7 +6,8 @@ prefix ``.npz``, or digits), ``input_pipeline.train_batches`` (step-indexed
 shuffle, background prefetch thread), ``jax.make_array_from_process_local_data``
 onto the ``data`` mesh, and two-view augmentation inside the jitted step.
 Augmentation is inside the step on both sides, so the ratio isolates the host
-side: gathering, queueing and host-to-device transfer.
+side: gathering, queueing and host-to-device transfer.  Like ``main.py``, the
+script applies :func:`nsh_jax.malloc.tune` first.
 
   python benchmarks/pipeline.py [--dataset npz:../shared/data/cifar10_prefix.npz]
                                 [--batches 128 256] [--steps 30]
@@ -22,12 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
-import jax
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from nsh_jax import malloc  # noqa: E402
 
-from configs import default
-from nsh_jax import input_pipeline, train
+# The trainer's conditions: main.py tunes malloc before anything starts a thread.
+MALLOC_TUNED = malloc.tune()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from configs import default  # noqa: E402
+from nsh_jax import input_pipeline, train  # noqa: E402
 
 
 def main():
@@ -39,7 +45,8 @@ def main():
   args = ap.parse_args()
   print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
         f"({jax.devices()[0].platform}, {jax.device_count()} device(s)); {args.dataset}; "
-        f"NSH step, small CNN, 64 bits; {args.steps} steps, best of {args.repeats}")
+        f"NSH step, small CNN, 64 bits; {args.steps} steps, best of {args.repeats}; "
+        f"malloc tuned as in main.py: {MALLOC_TUNED}")
   print("| batch | real pipeline (steps/s) | one pre-made device batch (steps/s) | ratio |")
   print("|---|---|---|---|")
   for batch in args.batches:

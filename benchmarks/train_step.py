@@ -14,19 +14,27 @@ bit-balance penalties, global-norm clipping and AdamW.
   handed over pre-made: its augmentation cost is *not* counted (ours is).
 
   python benchmarks/train_step.py [--batches 64 256 1024] [--steps 5]
-                                  [--compare-xla-defaults]
+                                  [--compare-xla-defaults] [--malloc default|tuned|both]
 
-Prints steps/s of both, their ratio, and our compile time separately.  Both
+Prints steps/s of both, their ratio, our compile time separately, and the
+median minor page faults per step of each side (``getrusage``).  Both
 sides use every core (torch.set_num_threads(os.cpu_count())).  Our side runs
 with the XLA:CPU flags ``import nsh_jax`` sets (:mod:`nsh_jax.xla_cpu`);
 ``--compare-xla-defaults`` adds a column for our step under XLA's own
 defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA reads its
 flags once per process).
+
+``--malloc`` picks the C allocator settings, which both sides share (one
+process): ``default`` (glibc's), ``tuned`` (:func:`nsh_jax.malloc.tune`, what
+``main.py`` sets, applied before anything else starts) or ``both``
+(``default`` in this process, then the same table from a child process with
+``tuned``).
 """
 
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -34,11 +42,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import jax
-import numpy as np
+# mallopt must run before JAX or torch start threads, so before the imports below.
+_early = argparse.ArgumentParser(add_help=False)
+_early.add_argument("--malloc", choices=("default", "tuned", "both"), default="default")
+MALLOC = _early.parse_known_args()[0].malloc
+if MALLOC == "tuned":
+  from nsh_jax import malloc
+  if not malloc.tune():
+    sys.exit("--malloc tuned: could not apply the settings (not glibc, or NSH_JAX_KEEP_MALLOC set)")
 
-from configs import default
-from nsh_jax import train, xla_cpu
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from nsh_jax import train, xla_cpu  # noqa: E402
 
 BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
 
@@ -51,13 +68,15 @@ def config_for(batch):
 
 
 def _timed(step_once, steps):
-  """Per-step wall times (s) of ``steps`` calls."""
-  times = []
+  """Per-step (wall seconds, minor page faults of the whole process) of ``steps`` calls."""
+  out = []
   for _ in range(steps):
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     step_once()
-    times.append(time.perf_counter() - t)
-  return times
+    out.append((time.perf_counter() - t,
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+  return out
 
 
 def jax_runner(batch, images, labels):
@@ -86,7 +105,7 @@ def bench_jax_xla_defaults(batch, steps, rounds):
   """Our step in a fresh process with XLA's default CPU flags: (steps/s, compile s)."""
   out = subprocess.run([sys.executable, os.path.abspath(__file__), "--jax-only",
                         "--batches", str(batch), "--steps", str(steps),
-                        "--rounds", str(rounds)],
+                        "--rounds", str(rounds), "--malloc", MALLOC],
                        env=xla_cpu.defaults_env(), capture_output=True, text=True, check=True)
   rate, compile_s = out.stdout.split()[-2:]
   return float(rate), float(compile_s)
@@ -186,6 +205,8 @@ def main():
                   help="skip PyTorch where its soft permutations would exceed this")
   ap.add_argument("--compare-xla-defaults", action="store_true",
                   help="also time our step under XLA:CPU's default flags")
+  ap.add_argument("--malloc", choices=("default", "tuned", "both"), default="default",
+                  help="C allocator settings shared by both sides (see the docstring)")
   ap.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   rng = np.random.default_rng(0)
@@ -196,18 +217,21 @@ def main():
 
   if args.jax_only:  # the --compare-xla-defaults subprocess
     run, compile_s = jax_runner(args.batches[0], *inputs(args.batches[0]))
-    print(1 / min(min(run(args.steps)) for _ in range(args.rounds)), compile_s)
+    print(1 / min(t for _ in range(args.rounds) for t, _ in run(args.steps)), compile_s)
     return
   import torch
   extra = args.compare_xla_defaults
+  allocator = ("glibc malloc tuned by nsh_jax.malloc.tune() (both sides)" if MALLOC == "tuned"
+               else "glibc malloc defaults (both sides)")
   print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
         f"({jax.devices()[0].platform}), torch {torch.__version__}; small CNN, 32x32, "
         f"{BITS} bits, latent {LATENT}; steps/s = 1 / fastest step of {args.rounds} "
         f"interleaved rounds x {args.steps} steps per side, after one warm-up; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print("| batch | nsh_jax steps/s | PyTorch steps/s | ratio | nsh_jax compile (s) |"
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {allocator}")
+  print("| batch | nsh_jax steps/s | PyTorch steps/s | ratio | nsh_jax compile (s) "
+        "| minor page faults per step, nsh_jax / PyTorch |"
         + (" nsh_jax, XLA:CPU defaults (steps/s) |" if extra else ""))
-  print("|---|---|---|---|---|" + ("---|" if extra else ""))
+  print("|---|---|---|---|---|---|" + ("---|" if extra else ""))
   for batch in args.batches:
     images, labels = inputs(batch)
     run_ours, compile_s = jax_runner(batch, images, labels)
@@ -219,16 +243,27 @@ def main():
       ours += run_ours(args.steps)
       if run_theirs:
         theirs += run_theirs(args.steps)
-    ours = 1 / min(ours)
+    median_faults = lambda runs: f"{int(np.median([f for _, f in runs])):,}" if runs else "-"
+    faults = f"{median_faults(ours)} / {median_faults(theirs)}"
+    ours = 1 / min(t for t, _ in ours)
     tail = (f" {bench_jax_xla_defaults(batch, args.steps, args.rounds)[0]:.2f} |"
             if extra else "")
     if not run_theirs:
-      print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} |"
-            + tail, flush=True)
+      print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} "
+            f"| {faults} |" + tail, flush=True)
       continue
-    theirs = 1 / min(theirs)
-    print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} |"
-          + tail, flush=True)
+    theirs = 1 / min(t for t, _ in theirs)
+    print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} "
+          f"| {faults} |" + tail, flush=True)
+  if args.malloc == "both":  # the same table with the tuned allocator, in a fresh process
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # drop "--malloc both" / "--malloc=both"
+      if not skip and not a.startswith("--malloc"):
+        argv.append(a)
+      skip = a == "--malloc"
+    print(flush=True)
+    subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--malloc", "tuned"],
+                   check=True)
 
 
 if __name__ == "__main__":

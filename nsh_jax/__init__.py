@@ -11,7 +11,9 @@ Public entry points (see README):
 
 Importing the package turns XLA:CPU's YNNPACK fusions off if no JAX backend
 exists yet (1.5x faster CPU training here; :mod:`nsh_jax.xla_cpu`;
-``NSH_JAX_KEEP_XLA_FLAGS=1`` opts out).
+``NSH_JAX_KEEP_XLA_FLAGS=1`` opts out).  :func:`nsh_jax.malloc.tune` (called
+by ``main.py``, process-wide, so never on import) stops XLA:CPU's per-step
+page faults.
 """
 
 from nsh_jax import xla_cpu
