@@ -193,3 +193,23 @@ def test_sorted_weight_scales_sortednce_and_zero_leaves_the_instance_term():
   none = jax.jit(lambda a, b: train.length_loss(c, 5, a, b, None, 8)[1])(out[0], out[1])
   np.testing.assert_allclose(float(none), float(inst), rtol=1e-6)
   np.testing.assert_allclose(float(half - inst), 0.5 * float(with_sort - inst), rtol=1e-5)
+
+
+def test_long_prefix_config_is_the_measured_command():
+  """configs/cifar_prefix_long.py = cifar_prefix.py plus the overrides of the
+  5,000-step run in docs/training.md, so that run's numbers apply to it."""
+  from configs import cifar_prefix, cifar_prefix_long
+  from nsh_jax import config_checks
+  c = cifar_prefix.get_config()
+  overrides = {"train.steps": 5000, "loss.sorted_warmup_steps": 2500, "seed": 0,
+               "model.bit_list": (16, 32, 64), "model.bits": 64, "train.checkpoint_every": 1000,
+               "train.log_every": 500, "loss.name": "nsh", "dataset.min_scale": 0.12}
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  long = cifar_prefix_long.get_config()
+  assert long.to_dict() == c.to_dict()
+  config_checks.validate(long)
