@@ -44,7 +44,8 @@ sys.path.insert(0, ROOT)
 
 # mallopt must run before JAX or torch start threads, so before the imports below.
 _early = argparse.ArgumentParser(add_help=False)
-_early.add_argument("--malloc", choices=("default", "tuned", "both"), default="default")
+_early.add_argument("--malloc", choices=("default", "tuned", "both"), default="default",
+                    help="C allocator settings shared by both sides (see the docstring)")
 MALLOC = _early.parse_known_args()[0].malloc
 if MALLOC == "tuned":
   from nsh_jax import malloc
@@ -196,7 +197,7 @@ def torch_runner(batch, images):
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(parents=[_early])  # --malloc, read before the imports
   ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
   ap.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
   ap.add_argument("--rounds", type=int, default=3,
@@ -205,8 +206,6 @@ def main():
                   help="skip PyTorch where its soft permutations would exceed this")
   ap.add_argument("--compare-xla-defaults", action="store_true",
                   help="also time our step under XLA:CPU's default flags")
-  ap.add_argument("--malloc", choices=("default", "tuned", "both"), default="default",
-                  help="C allocator settings shared by both sides (see the docstring)")
   ap.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   rng = np.random.default_rng(0)
@@ -256,13 +255,9 @@ def main():
     print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} "
           f"| {faults} |" + tail, flush=True)
   if args.malloc == "both":  # the same table with the tuned allocator, in a fresh process
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # drop "--malloc both" / "--malloc=both"
-      if not skip and not a.startswith("--malloc"):
-        argv.append(a)
-      skip = a == "--malloc"
     print(flush=True)
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--malloc", "tuned"],
+    # argparse keeps an option's last value, so the appended one overrides "both".
+    subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--malloc", "tuned"],
                    check=True)
 
 

@@ -201,15 +201,10 @@ def test_long_prefix_config_is_the_measured_command():
   from configs import cifar_prefix, cifar_prefix_long
   from nsh_jax import config_checks
   c = cifar_prefix.get_config()
-  overrides = {"train.steps": 5000, "loss.sorted_warmup_steps": 2500, "seed": 0,
-               "model.bit_list": (16, 32, 64), "model.bits": 64, "train.checkpoint_every": 1000,
-               "train.log_every": 500, "loss.name": "nsh", "dataset.min_scale": 0.12}
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict({
+      "train.steps": 5000, "loss.sorted_warmup_steps": 2500, "seed": 0,
+      "model.bit_list": (16, 32, 64), "model.bits": 64, "train.checkpoint_every": 1000,
+      "train.log_every": 500, "loss.name": "nsh", "dataset.min_scale": 0.12})
   long = cifar_prefix_long.get_config()
   assert long.to_dict() == c.to_dict()
   config_checks.validate(long)
