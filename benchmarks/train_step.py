@@ -17,7 +17,14 @@ bit-balance penalties, global-norm clipping and AdamW.
                                   [--compare-xla-defaults] [--malloc default|tuned|both]
 
 Prints steps/s of both, their ratio, our compile time separately, and the
-median minor page faults per step of each side (``getrusage``).  Both
+median minor page faults per step of each side (``getrusage``).  A second
+table splits each step into the CNN alone (forward + backward of the encoder
+on the ``2 x batch`` pre-made views, gradients of ``sum(codes) + sum(latents)``
+w.r.t. the parameters only, as in the step) and the rest (step minus CNN:
+SortedNCE, penalties, optimizer; and for ours the augmentation), timed in the
+same interleaved rounds, and the ratio the whole step could reach if our CNN
+were only as fast as PyTorch's and everything else cost nothing
+(PyTorch step / PyTorch CNN).  Both
 sides use every core (torch.set_num_threads(os.cpu_count())).  Our side runs
 with the XLA:CPU flags ``import nsh_jax`` sets (:mod:`nsh_jax.xla_cpu`);
 ``--compare-xla-defaults`` adds a column for our step under XLA's own
@@ -53,12 +60,27 @@ if MALLOC == "tuned":
     sys.exit("--malloc tuned: could not apply the settings (not glibc, or NSH_JAX_KEEP_MALLOC set)")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
 from nsh_jax import train, xla_cpu  # noqa: E402
 
 BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
+
+
+def cpu_model():
+  """The CPU's model name and whether it has AVX2 / AVX-512 (from /proc/cpuinfo)."""
+  try:
+    info = open("/proc/cpuinfo").read()
+  except OSError:
+    return platform.processor() or "unknown CPU"
+  name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+               if l.startswith("model name")), "unknown CPU")
+  flags = next((l.split(":", 1)[1].split() for l in info.splitlines()
+                if l.startswith("flags")), [])
+  simd = [f for f in ("avx2", "avx512f") if f in flags]
+  return f"{name} ({', '.join(simd) or 'no AVX2'})"
 
 
 def config_for(batch):
@@ -100,6 +122,22 @@ def jax_runner(batch, images, labels):
 
   once()  # warm-up
   return (lambda steps: _timed(once, steps)), compile_s
+
+
+def jax_cnn_runner(batch):
+  """``run(steps)`` timing our encoder's forward + backward alone on ``2 x batch`` images."""
+  c = config_for(batch)
+  state = train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10)
+  views = jax.random.normal(jax.random.PRNGKey(1), (2 * batch, 32, 32, 3))
+
+  def loss(params, x):
+    out = state.apply_fn({"params": params}, x)
+    return jnp.sum(out["codes"]) + jnp.sum(out["latents"])
+
+  grad = jax.jit(jax.grad(loss)).lower(state.params, views).compile()
+  once = lambda: jax.block_until_ready(grad(state.params, views))
+  once()  # warm-up
+  return lambda steps: _timed(once, steps)
 
 
 def bench_jax_xla_defaults(batch, steps, rounds):
@@ -176,13 +214,19 @@ def torch_side():
       opt.step()
       return float(loss.detach())
 
-    return step
+    def cnn_alone(v1, v2):  # the encoder's share of ``step``
+      opt.zero_grad(set_to_none=True)
+      codes, lat = model(torch.cat([v1, v2]))
+      (codes.sum() + lat.sum()).backward()
+
+    return step, cnn_alone
 
   return torch, make
 
 
 def torch_runner(batch, images):
-  """``run(steps)`` timing the PyTorch step on two pre-made views."""
+  """``(run_step, run_cnn)``: ``run_*(steps)`` time the PyTorch step and its CNN
+  alone on two pre-made views."""
   torch, make = torch_side()
   torch.set_num_threads(os.cpu_count())
   rng = np.random.default_rng(1)
@@ -191,9 +235,11 @@ def torch_runner(batch, images):
   v1 = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   v2 = torch.from_numpy(np.ascontiguousarray(
       (x[:, :, ::-1] + rng.normal(0, 0.02, x.shape)).astype(np.float32).transpose(0, 3, 1, 2)))
-  step = make(batch)
+  step, cnn_alone = make(batch)
   step(v1, v2)  # warm-up
-  return lambda steps: _timed(lambda: step(v1, v2), steps)
+  cnn_alone(v1, v2)
+  return (lambda steps: _timed(lambda: step(v1, v2), steps),
+          lambda steps: _timed(lambda: cnn_alone(v1, v2), steps))
 
 
 def main():
@@ -222,7 +268,7 @@ def main():
   extra = args.compare_xla_defaults
   allocator = ("glibc malloc tuned by nsh_jax.malloc.tune() (both sides)" if MALLOC == "tuned"
                else "glibc malloc defaults (both sides)")
-  print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
+  print(f"# {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPU cores, jax {jax.__version__} "
         f"({jax.devices()[0].platform}), torch {torch.__version__}; small CNN, 32x32, "
         f"{BITS} bits, latent {LATENT}; steps/s = 1 / fastest step of {args.rounds} "
         f"interleaved rounds x {args.steps} steps per side, after one warm-up; "
@@ -231,29 +277,49 @@ def main():
         "| minor page faults per step, nsh_jax / PyTorch |"
         + (" nsh_jax, XLA:CPU defaults (steps/s) |" if extra else ""))
   print("|---|---|---|---|---|---|" + ("---|" if extra else ""))
+  split = []  # (batch, ours step, ours CNN, theirs step, theirs CNN) fastest seconds
   for batch in args.batches:
     images, labels = inputs(batch)
     run_ours, compile_s = jax_runner(batch, images, labels)
+    run_ours_cnn = jax_cnn_runner(batch)
     # [n, n, n] float32 soft permutations, x2 directions, kept for backward (~x4).
     torch_gb = 4 * 2 * 4 * batch ** 3 / 2 ** 30
-    run_theirs = torch_runner(batch, images) if torch_gb <= args.torch_max_gb else None
-    ours, theirs = [], []
+    run_theirs, run_theirs_cnn = (torch_runner(batch, images) if torch_gb <= args.torch_max_gb
+                                  else (None, None))
+    ours, theirs, ours_cnn, theirs_cnn = [], [], [], []
     for _ in range(args.rounds):
       ours += run_ours(args.steps)
       if run_theirs:
         theirs += run_theirs(args.steps)
+      ours_cnn += run_ours_cnn(args.steps)
+      if run_theirs:
+        theirs_cnn += run_theirs_cnn(args.steps)
     median_faults = lambda runs: f"{int(np.median([f for _, f in runs])):,}" if runs else "-"
     faults = f"{median_faults(ours)} / {median_faults(theirs)}"
-    ours = 1 / min(t for t, _ in ours)
+    fastest = lambda runs: min(t for t, _ in runs) if runs else None
+    split.append((batch, fastest(ours), fastest(ours_cnn), fastest(theirs), fastest(theirs_cnn)))
+    ours = 1 / fastest(ours)
     tail = (f" {bench_jax_xla_defaults(batch, args.steps, args.rounds)[0]:.2f} |"
             if extra else "")
     if not run_theirs:
       print(f"| {batch} | {ours:.2f} | does not fit (~{torch_gb:.0f} GiB) | - | {compile_s:.1f} "
             f"| {faults} |" + tail, flush=True)
       continue
-    theirs = 1 / min(t for t, _ in theirs)
+    theirs = 1 / fastest(theirs)
     print(f"| {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x | {compile_s:.1f} "
           f"| {faults} |" + tail, flush=True)
+  print("\n# where the time goes: fastest step and fastest CNN forward + backward alone (ms), "
+        "rest = step - CNN; ceiling = PyTorch step / PyTorch CNN, the ratio if our CNN only "
+        "matched PyTorch's and everything else cost nothing")
+  print("| batch | step, nsh_jax / PyTorch | CNN alone, nsh_jax / PyTorch "
+        "| rest, nsh_jax / PyTorch | ceiling at CNN parity |")
+  print("|---|---|---|---|---|")
+  for batch, s_ours, c_ours, s_theirs, c_theirs in split:
+    ms = lambda t: f"{t * 1e3:.0f}" if t is not None else "-"
+    rest = lambda s, c: ms(s - c) if s is not None else "-"
+    ceiling = f"{s_theirs / c_theirs:.2f}x" if s_theirs is not None else "-"
+    print(f"| {batch} | {ms(s_ours)} / {ms(s_theirs)} | {ms(c_ours)} / {ms(c_theirs)} "
+          f"| {rest(s_ours, c_ours)} / {rest(s_theirs, c_theirs)} | {ceiling} |", flush=True)
   if args.malloc == "both":  # the same table with the tuned allocator, in a fresh process
     print(flush=True)
     # argparse keeps an option's last value, so the appended one overrides "both".
