@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from nsh_jax import malloc  # noqa: E402
 
 # Before TensorFlow or JAX start their threads: XLA:CPU's buffers then stop
-# faulting in fresh pages every step (8-10% faster training; nsh_jax/malloc.py).
+# faulting in fresh pages every step (6-10% faster training; nsh_jax/malloc.py).
 malloc.tune()
 
 from absl import app, flags  # noqa: E402

@@ -12,7 +12,7 @@ freed memory instead:
 * ``M_ARENA_MAX = 1`` -- threads created afterwards (XLA's) share the main
   arena, whose heap can grow past the 64 MiB limit of per-thread arenas.
 
-After it a step faults no pages and runs 8-10% faster
+After it a step faults no pages and runs 6-10% faster
 (``benchmarks/train_step.py --malloc both``, BENCHMARKS.md).  The price: the process keeps
 its peak heap size until it exits.  The settings are process-wide, so the
 library never applies them on import; ``main.py`` calls :func:`tune` first
