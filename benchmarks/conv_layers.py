@@ -6,7 +6,8 @@ shifted copies) and ``XLA conv`` (``lax.conv_general_dilated``).  Settings:
 the flag ``import nsh_jax`` sets (YNNPACK fusions off, :mod:`nsh_jax.xla_cpu`)
 and XLA's defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA
 reads its flags once per process).  Batch 512 = two views of 256 images;
-milliseconds = the fastest of ``--repeats`` runs of the jitted VJP.
+milliseconds = the fastest of ``--repeats`` runs of the jitted forward + VJP
+(output, input gradient and kernel gradient).
 
   python benchmarks/conv_layers.py [--batch 512] [--repeats 5]
 """
@@ -35,7 +36,19 @@ def xla_conv(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def timings(batch, repeats):
+FORMS = {"im2col": models._conv3x3_patches, "xla": xla_conv}
+
+
+def useful_gflop(batch):
+  """{layer: GFLOP} of one pass (forward, input gradient or kernel gradient) of
+  each 3x3 'SAME' convolution at ``batch``: ``2 * n * (3 s - 2)^2 * C_in * C_out``,
+  the multiply-adds whose input tap falls inside the ``s x s`` image (padding
+  taps, which are zero, not counted) -- the least any direct convolution does."""
+  return {f"conv{i}": 2 * batch * (3 * side - 2) ** 2 * cin * cout / 1e9
+          for i, (side, cin, cout) in enumerate(LAYERS)}
+
+
+def timings(batch, repeats, forms=tuple(FORMS)):
   """{(layer, form): ms} for this process's XLA flags."""
   rng = np.random.default_rng(0)
   out = {}
@@ -43,8 +56,11 @@ def timings(batch, repeats):
     x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
     dy = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
-    for form, f in (("im2col", models._conv3x3_patches), ("xla", xla_conv)):
-      g = jax.jit(lambda x, k, f=f: jax.vjp(f, x, k)[1](dy))
+    for form in forms:
+      f = FORMS[form]
+      # The output is returned too: the VJP alone never reads it, so XLA would
+      # drop the forward convolution and time only the two gradients.
+      g = jax.jit(lambda x, k, f=f: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(f, x, k)))
       jax.block_until_ready(g(x, k))
       best = float("inf")
       for _ in range(repeats):

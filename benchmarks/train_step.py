@@ -24,7 +24,12 @@ w.r.t. the parameters only, as in the step) and the rest (step minus CNN:
 SortedNCE, penalties, optimizer; and for ours the augmentation), timed in the
 same interleaved rounds, and the ratio the whole step could reach if our CNN
 were only as fast as PyTorch's and everything else cost nothing
-(PyTorch step / PyTorch CNN).  Both
+(PyTorch step / PyTorch CNN).  A third table holds the 3x target against the
+convolutions: the budget (PyTorch step / 3); what the nine 3x3 convolution
+passes cost on each side timed alone (ours by :mod:`benchmarks.conv_layers`);
+what they would cost at the best float32 matmul rate measured on this machine
+(XLA's or torch's) for their useful FLOPs; each side's other CNN layers (CNN
+alone minus convs); and what 3x would leave for ours.  Both
 sides use every core (torch.set_num_threads(os.cpu_count())).  Our side runs
 with the XLA:CPU flags ``import nsh_jax`` sets (:mod:`nsh_jax.xla_cpu`);
 ``--compare-xla-defaults`` adds a column for our step under XLA's own
@@ -63,8 +68,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import conv_layers  # noqa: E402
 from configs import default  # noqa: E402
-from nsh_jax import train, xla_cpu  # noqa: E402
+from nsh_jax import models, train, xla_cpu  # noqa: E402
 
 BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
 
@@ -138,6 +144,22 @@ def jax_cnn_runner(batch):
   once = lambda: jax.block_until_ready(grad(state.params, views))
   once()  # warm-up
   return lambda steps: _timed(once, steps)
+
+
+def sgemm_gflops(torch, repeats=5, n=2048):
+  """{library: GFLOP/s} of an ``n x n`` float32 matmul (fastest of ``repeats``), by
+  XLA and by torch on all cores: the machine's reachable dense rate."""
+  rng = np.random.default_rng(2)
+  a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+  mm = jax.jit(jnp.matmul)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  runs = {"XLA": lambda: jax.block_until_ready(mm(ja, jb)), "torch": lambda: torch.mm(ta, tb)}
+  rates = {}
+  for name, once in runs.items():
+    once()
+    rates[name] = 2 * n ** 3 / 1e9 / min(t for t, _ in _timed(once, repeats))
+  return rates
 
 
 def bench_jax_xla_defaults(batch, steps, rounds):
@@ -222,6 +244,27 @@ def torch_side():
     return step, cnn_alone
 
   return torch, make
+
+
+def torch_conv_ms(batch, repeats):
+  """PyTorch's counterpart of ``conv_layers.timings``: ms of each 3x3
+  ``nn.Conv2d``'s forward + backward (input, kernel and bias gradients) at ``batch``."""
+  import torch
+  out = {}
+  for i, (side, cin, cout) in enumerate(conv_layers.LAYERS):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    x = torch.randn(batch, cin, side, side, requires_grad=True)
+    dy = torch.randn(batch, cout, side, side)
+
+    def once():
+      x.grad = None
+      conv.zero_grad(set_to_none=True)
+      conv(x).backward(dy)
+
+    once()
+    out[f"conv{i}"] = min(t for t, _ in _timed(once, repeats)) * 1e3
+  return out
 
 
 def torch_runner(batch, images):
@@ -320,6 +363,37 @@ def main():
     ceiling = f"{s_theirs / c_theirs:.2f}x" if s_theirs is not None else "-"
     print(f"| {batch} | {ms(s_ours)} / {ms(s_theirs)} | {ms(c_ours)} / {ms(c_theirs)} "
           f"| {rest(s_ours, c_ours)} / {rest(s_theirs, c_theirs)} | {ceiling} |", flush=True)
+  # The 3x budget against the convolutions: what the nine 3x3 convolution passes
+  # (forward, input gradient, kernel gradient of conv0..conv2) cost on each side
+  # measured alone, and would cost at the machine's best dense matmul rate; what
+  # that leaves the CNN's other layers, against what they take on each side now.
+  rates = sgemm_gflops(torch)
+  peak = max(rates.values())
+  form = "im2col" if models._use_patches() else "xla"
+  print(f"\n# the 3x target against the convolutions (ms): budget = PyTorch step / 3; convs = the "
+        f"nine 3x3 convolution passes (forward, input and kernel gradients of conv0..conv2 at "
+        f"2 x batch) timed alone, ours by benchmarks/conv_layers.py (form {form!r}) and "
+        f"PyTorch's nn.Conv2d, with our useful GFLOP/s (padding taps not counted); at the "
+        f"matmul rate = those FLOPs at the best float32 2048^2 matmul rate measured here ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + " GFLOP/s); other layers = "
+        "CNN alone - convs (stem, GroupNorms, ReLUs, pools, heads, layout copies); rest = our "
+        "step - our CNN; left = budget - convs at the matmul rate - rest, what 3x would leave "
+        "for our other layers")
+  print("| batch | 3x budget | convs, nsh_jax (GFLOP/s) / PyTorch | convs at the matmul rate "
+        "| other layers, nsh_jax / PyTorch | rest, nsh_jax | left for other layers |")
+  print("|---|---|---|---|---|---|---|")
+  for batch, s_ours, c_ours, s_theirs, c_theirs in split:
+    if s_theirs is None:
+      continue
+    repeats = args.rounds * args.steps
+    gflop = 3 * sum(conv_layers.useful_gflop(2 * batch).values())
+    ours = sum(conv_layers.timings(2 * batch, repeats, (form,)).values())
+    theirs = sum(torch_conv_ms(2 * batch, repeats).values())
+    floor = gflop / peak * 1e3
+    budget, rest = s_theirs / 3 * 1e3, (s_ours - c_ours) * 1e3
+    print(f"| {batch} | {budget:.0f} | {ours:.0f} ({gflop / ours * 1e3:.0f}) / {theirs:.0f} "
+          f"| {floor:.0f} | {c_ours * 1e3 - ours:.0f} / {c_theirs * 1e3 - theirs:.0f} "
+          f"| {rest:.0f} | {budget - floor - rest:.0f} |", flush=True)
   if args.malloc == "both":  # the same table with the tuned allocator, in a fresh process
     print(flush=True)
     # argparse keeps an option's last value, so the appended one overrides "both".

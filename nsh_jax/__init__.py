@@ -10,7 +10,7 @@ Public entry points (see README):
 * :mod:`nsh_jax.nested` -- nested multi-length hash head (NHL).
 
 Importing the package turns XLA:CPU's YNNPACK fusions off if no JAX backend
-exists yet (1.35x faster CPU train step here; :mod:`nsh_jax.xla_cpu`;
+exists yet (1.32x faster CPU train step here; :mod:`nsh_jax.xla_cpu`;
 ``NSH_JAX_KEEP_XLA_FLAGS=1`` opts out).  :func:`nsh_jax.malloc.tune` (called
 by ``main.py``, process-wide, so never on import) stops XLA:CPU's per-step
 page faults.

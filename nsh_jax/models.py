@@ -36,7 +36,7 @@ def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  When XLA:CPU sends
   convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is up
   to 2.3x faster forward + backward; with those fusions off XLA's convolution
-  is 1.7-2.9x faster than this (``benchmarks/conv_layers.py``).
+  is 1.4-2.2x faster than this (``benchmarks/conv_layers.py``).
   """
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))

@@ -3,9 +3,9 @@
 jaxlib 0.10's XLA:CPU hands convolutions, dots and reductions to YNNPACK
 "library fusions" by default.  For this project's CPU work they are the slow
 path: a 3x3 convolution's forward + backward at batch 512 (16x16x32 -> 64)
-takes 479 ms through them and 70 ms through XLA's own convolution
+takes 628 ms through them and 115 ms through XLA's own convolution
 (``benchmarks/conv_layers.py``), and the whole NSH train step at batch 256
-runs at 2.32 instead of 1.72 steps/s with them off
+runs at 2.23 instead of 1.69 steps/s with them off
 (``benchmarks/train_step.py --compare-xla-defaults``, BENCHMARKS.md).
 
 XLA reads ``XLA_FLAGS`` once, when the first backend is created, so
