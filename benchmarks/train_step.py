@@ -285,6 +285,35 @@ def torch_runner(batch, images):
           lambda steps: _timed(lambda: cnn_alone(v1, v2), steps))
 
 
+def print_conv_budget(split, repeats, torch):
+  """The third table (see the docstring) for ``split`` rows ``(batch, ours step,
+  ours CNN, theirs step, theirs CNN)``, in seconds, of batches PyTorch ran."""
+  rates = sgemm_gflops(torch)
+  peak = max(rates.values())
+  form = "im2col" if models._use_patches() else "xla"
+  print(f"\n# the 3x target against the convolutions (ms): budget = PyTorch step / 3; convs = the "
+        f"nine 3x3 convolution passes (forward, input and kernel gradients of conv0..conv2 at "
+        f"2 x batch) timed alone, ours by benchmarks/conv_layers.py (form {form!r}) and "
+        f"PyTorch's nn.Conv2d, with our useful GFLOP/s (padding taps not counted); at the "
+        f"matmul rate = those FLOPs at the best float32 2048^2 matmul rate measured here ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + " GFLOP/s); other layers = "
+        "CNN alone - convs (stem, GroupNorms, ReLUs, pools, heads, layout copies); rest = our "
+        "step - our CNN; left = budget - convs at the matmul rate - rest, what 3x would leave "
+        "for our other layers")
+  print("| batch | 3x budget | convs, nsh_jax (GFLOP/s) / PyTorch | convs at the matmul rate "
+        "| other layers, nsh_jax / PyTorch | rest, nsh_jax | left for other layers |")
+  print("|---|---|---|---|---|---|---|")
+  for batch, s_ours, c_ours, s_theirs, c_theirs in split:
+    gflop = 3 * sum(conv_layers.useful_gflop(2 * batch).values())
+    ours = sum(conv_layers.timings(2 * batch, repeats, (form,)).values())
+    theirs = sum(torch_conv_ms(2 * batch, repeats).values())
+    floor = gflop / peak * 1e3
+    budget, rest = s_theirs / 3 * 1e3, (s_ours - c_ours) * 1e3
+    print(f"| {batch} | {budget:.0f} | {ours:.0f} ({gflop / ours * 1e3:.0f}) / {theirs:.0f} "
+          f"| {floor:.0f} | {c_ours * 1e3 - ours:.0f} / {c_theirs * 1e3 - theirs:.0f} "
+          f"| {rest:.0f} | {budget - floor - rest:.0f} |", flush=True)
+
+
 def main():
   ap = argparse.ArgumentParser(parents=[_early])  # --malloc, read before the imports
   ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
@@ -364,36 +393,11 @@ def main():
     print(f"| {batch} | {ms(s_ours)} / {ms(s_theirs)} | {ms(c_ours)} / {ms(c_theirs)} "
           f"| {rest(s_ours, c_ours)} / {rest(s_theirs, c_theirs)} | {ceiling} |", flush=True)
   # The 3x budget against the convolutions: what the nine 3x3 convolution passes
-  # (forward, input gradient, kernel gradient of conv0..conv2) cost on each side
-  # measured alone, and would cost at the machine's best dense matmul rate; what
-  # that leaves the CNN's other layers, against what they take on each side now.
-  rates = sgemm_gflops(torch)
-  peak = max(rates.values())
-  form = "im2col" if models._use_patches() else "xla"
-  print(f"\n# the 3x target against the convolutions (ms): budget = PyTorch step / 3; convs = the "
-        f"nine 3x3 convolution passes (forward, input and kernel gradients of conv0..conv2 at "
-        f"2 x batch) timed alone, ours by benchmarks/conv_layers.py (form {form!r}) and "
-        f"PyTorch's nn.Conv2d, with our useful GFLOP/s (padding taps not counted); at the "
-        f"matmul rate = those FLOPs at the best float32 2048^2 matmul rate measured here ("
-        + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + " GFLOP/s); other layers = "
-        "CNN alone - convs (stem, GroupNorms, ReLUs, pools, heads, layout copies); rest = our "
-        "step - our CNN; left = budget - convs at the matmul rate - rest, what 3x would leave "
-        "for our other layers")
-  print("| batch | 3x budget | convs, nsh_jax (GFLOP/s) / PyTorch | convs at the matmul rate "
-        "| other layers, nsh_jax / PyTorch | rest, nsh_jax | left for other layers |")
-  print("|---|---|---|---|---|---|---|")
-  for batch, s_ours, c_ours, s_theirs, c_theirs in split:
-    if s_theirs is None:
-      continue
-    repeats = args.rounds * args.steps
-    gflop = 3 * sum(conv_layers.useful_gflop(2 * batch).values())
-    ours = sum(conv_layers.timings(2 * batch, repeats, (form,)).values())
-    theirs = sum(torch_conv_ms(2 * batch, repeats).values())
-    floor = gflop / peak * 1e3
-    budget, rest = s_theirs / 3 * 1e3, (s_ours - c_ours) * 1e3
-    print(f"| {batch} | {budget:.0f} | {ours:.0f} ({gflop / ours * 1e3:.0f}) / {theirs:.0f} "
-          f"| {floor:.0f} | {c_ours * 1e3 - ours:.0f} / {c_theirs * 1e3 - theirs:.0f} "
-          f"| {rest:.0f} | {budget - floor - rest:.0f} |", flush=True)
+  # cost on each side alone and at the machine's best dense matmul rate, and what
+  # that leaves the CNN's other layers.  Only for batches PyTorch ran.
+  compared = [row for row in split if row[3] is not None]
+  if compared:
+    print_conv_budget(compared, args.rounds * args.steps, torch)
   if args.malloc == "both":  # the same table with the tuned allocator, in a fresh process
     print(flush=True)
     # argparse keeps an option's last value, so the appended one overrides "both".
