@@ -27,9 +27,6 @@ itself), so no max-subtraction is needed and ``K_1 >= 1``.
 
 from __future__ import annotations
 
-import functools
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,48 +132,127 @@ def _scan(decay: jax.Array, values: jax.Array) -> jax.Array:
     a_r, b_r = right
     return a_l * a_r, a_r * b_l + b_r
 
-  _, h = jax.lax.associative_scan(combine, (decay, values), axis=-1)
+  _, h = jax.lax.associative_scan(combine, (jnp.broadcast_to(decay, values.shape), values),
+                                  axis=-1)
   return h
 
 
-@jax.custom_vjp
-def _linear_recurrence(decay: jax.Array, values: jax.Array) -> jax.Array:
-  """``h[k, ..., r] = decay[..., r] * h[k, ..., r-1] + values[k, ..., r]`` (``h_{-1} = 0``).
+def _kernel_scans(x: jax.Array, stacked: jax.Array, temperature):
+  """Inclusive one-sided Laplace-kernel sums over a descending row.
 
-  Runs along the last axis for each of the ``k`` leading rows of ``values``
-  ``[k, ..., n]``, which share ``decay`` ``[..., n]``; ``decay[..., 0]`` is
-  ignored.  With every ``decay`` in ``[0, 1]`` both this and its adjoint are
-  stable.
+  ``x`` ``[..., n]`` sorted descending; ``stacked`` ``[k, ..., n]`` values in
+  that order.  Returns ``(link, left, right)``: ``link[p] = exp(-(x_p - x_{p+1})/tau)``
+  ``[..., n-1]``, ``left[p] = sum_{q<=p} v_q k(x_q, x_p)`` and
+  ``right[p] = sum_{q>=p} v_q k(x_q, x_p)``, each a first-order recurrence with
+  factors in ``(0, 1]`` (stable in both directions).
   """
-  if values.ndim != decay.ndim + 1 or values.shape[1:] != decay.shape:
-    raise ValueError(f"values must be [k, *decay.shape]; got values {values.shape}, "
-                     f"decay {decay.shape}")
-  return _scan(jnp.broadcast_to(decay, values.shape), values)
+  link = jnp.exp(-(x[..., :-1] - x[..., 1:]) / temperature)
+  zeros = jnp.zeros_like(x[..., :1])
+  left = _scan(jnp.concatenate([zeros, link], -1), stacked)
+  right = jnp.flip(_scan(jnp.flip(jnp.concatenate([link, zeros], -1), -1),
+                         jnp.flip(stacked, -1)), -1)
+  return link, left, right
 
 
-def _linear_recurrence_fwd(decay, values):
-  h = _linear_recurrence(decay, values)
-  return h, (decay, h)
+def _pad_last(link: jax.Array) -> jax.Array:
+  """``link`` ``[..., n-1]`` -> ``[..., n]`` with 0 at the end (``n = 1`` included)."""
+  return jnp.concatenate([link, jnp.zeros(link.shape[:-1] + (1,), link.dtype)], -1)
 
 
-def _linear_recurrence_bwd(residuals, g):
-  # The adjoint of a first-order recurrence is the same recurrence run
-  # backwards: lam_r = g_r + decay_{r+1} lam_{r+1}; then dL/dvalues_r = lam_r
-  # and dL/ddecay_r = lam_r h_{r-1}.  One reverse scan, against the ~10x cost
-  # of differentiating through associative_scan's tree.
-  decay, h = residuals
-  zeros = jnp.zeros_like(decay[..., :1])
-  decay_next = jnp.broadcast_to(jnp.concatenate([decay[..., 1:], zeros], -1), g.shape)
-  lam = jnp.flip(_scan(jnp.flip(decay_next, -1), jnp.flip(g, -1)), -1)
-  h_prev = jnp.concatenate([jnp.zeros_like(h[..., :1]), h[..., :-1]], -1)
-  # ``decay`` is shared by the k leading rows: sum their terms with explicit
-  # adds (XLA:CPU lowers a reduce over that short leading axis to a library
-  # call ~30x slower than this elementwise fusion).
-  g_decay = functools.reduce(jnp.add, [lam[k] * h_prev[k] for k in range(g.shape[0])])
-  return g_decay, lam
+def _full_sums(link, left, right):
+  """``K[p] = sum_q v_q k(x_q, x_p)`` from the one-sided sums: ``left[p] + link[p] right[p+1]``."""
+  right_next = jnp.concatenate([right[..., 1:], jnp.zeros_like(right[..., :1])], -1)
+  return left + _pad_last(link) * right_next
 
 
-_linear_recurrence.defvjp(_linear_recurrence_fwd, _linear_recurrence_bwd)
+def _tie_groups(x: jax.Array):
+  """First and last position ``[..., n]`` int32 of each position's run of equal values."""
+  n = x.shape[-1]
+  iota = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), x.shape)
+  new_run = jnp.concatenate([jnp.ones_like(x[..., :1], bool), x[..., 1:] != x[..., :-1]], -1)
+  run_ends = jnp.concatenate([x[..., :-1] != x[..., 1:], jnp.ones_like(x[..., :1], bool)], -1)
+  first = jax.lax.cummax(jnp.where(new_run, iota, 0), axis=x.ndim - 1)
+  last = jax.lax.cummin(jnp.where(run_ends, iota, n - 1), axis=x.ndim - 1, reverse=True)
+  return first, last
+
+
+def _strict_sums(link, left, right, first, last):
+  """Kernel sums over strictly larger (``above``) and strictly smaller (``below``) values.
+
+  ``above[p] = link[f-1] left[f-1]`` with ``f`` the first position of p's tie
+  run (0 when ``f = 0``), ``below[p] = link[l] right[l+1]`` with ``l`` its last.
+  """
+  n = link.shape[-1] + 1
+  take = lambda a, i: jnp.take_along_axis(a, jnp.broadcast_to(i, a.shape[:1] + i.shape), -1)
+  link_ext = _pad_last(link)
+  up = jnp.maximum(first - 1, 0)
+  above = jnp.where(first > 0, take(link_ext[None], up) * take(left, up), 0.0)
+  down = jnp.minimum(last + 1, n - 1)
+  below = jnp.where(last < n - 1, take(link_ext[None], last) * take(right, down), 0.0)
+  return above, below
+
+
+def _run_mean(values: jax.Array, first: jax.Array, last: jax.Array) -> jax.Array:
+  """Mean of ``values`` over each position's tie run, broadcast to the run's members.
+
+  A segmented scan each way (no prefix-sum differences, so no cancellation).
+  """
+  n = values.shape[-1]
+  iota = jnp.arange(n, dtype=jnp.int32)
+
+  def combine(left, right):
+    f_l, a_l = left
+    f_r, a_r = right
+    return f_l | f_r, jnp.where(f_r, a_r, a_l + a_r)
+
+  starts, ends = first == iota, last == iota
+  _, down = jax.lax.associative_scan(combine, (starts, values), axis=-1)
+  _, up = jax.lax.associative_scan(combine, (jnp.flip(ends, -1), jnp.flip(values, -1)), axis=-1)
+  total = down + jnp.flip(up, -1) - values
+  return total / (last - first + 1).astype(values.dtype)
+
+
+@jax.custom_vjp
+def _sorted_apply(x: jax.Array, v: jax.Array, temperature: jax.Array) -> jax.Array:
+  """``out[p] = sum_q v_q k(x_p, x_q) / sum_q k(x_p, x_q)`` for a row ``x`` sorted
+  descending, ``k(a, b) = exp(-|a - b| / tau)``; ``[..., n]`` -> ``[..., n]``."""
+  return _sorted_apply_fwd(x, v, temperature)[0]
+
+
+def _sorted_apply_fwd(x, v, temperature):
+  link, left, right = _kernel_scans(x, jnp.stack([v, jnp.ones_like(v)]), temperature)
+  sums = _full_sums(link, left, right)
+  out = sums[0] / sums[1]  # the normaliser is >= 1: every point sees itself
+  return out, (x, v, temperature, link, left, right, out, sums[1])
+
+
+def _sorted_apply_bwd(residuals, g):
+  # The symmetric subgradient (the tie contract of soft_sort_apply), in closed
+  # form.  With w_r = g_r / K1_r, dL/dk(r, q) = w_r (v_q - out_r), and
+  #   dk/dt_r = -sign(t_r - x_q) k / tau,   dk/dx_q = +sign(t_r - x_q) k / tau,
+  # sign(0) = 0 (tied pairs contribute nothing).  Writing A_u / B_u for kernel
+  # sums of u over strictly larger / smaller values:
+  #   dL/dt_r  = -(w_r / tau) [(B_v - out_r B_1) - (A_v - out_r A_1)]   (query side)
+  #   dL/dx_q  = (1 / tau) [v_q (A_w - B_w) - (A_wo - B_wo)]             (data side)
+  #   dL/dv_q  = K_w(x_q)
+  # t = sort(x) sends dL/dt_r to the members of r's tie run in equal shares.
+  # tau: out depends on x / tau only, so dL/dtau = -(1/tau) sum_p x_p dL/dx_p.
+  x, v, tau, link, left, right, out, norm = residuals
+  first, last = _tie_groups(x)
+  above, below = _strict_sums(link, left, right, first, last)
+  w = g / norm
+  _, left_w, right_w = _kernel_scans(x, jnp.stack([w, w * out]), tau)
+  above_w, below_w = _strict_sums(link, left_w, right_w, first, last)
+  d_t = -(w / tau) * ((below[0] - out * below[1]) - (above[0] - out * above[1]))
+  d_x = (v * (above_w[0] - below_w[0]) - (above_w[1] - below_w[1])) / tau
+  d_x = d_x + _run_mean(d_t, first, last)
+  d_v = _full_sums(link, left_w, right_w)[0]
+  # Rows are translation invariant (sum_p dL/dx_p = 0): centre x for accuracy.
+  d_tau = -jnp.sum((x - x[..., :1]) * d_x) / tau
+  return d_x, d_v, jnp.reshape(d_tau, jnp.shape(tau)).astype(jnp.result_type(tau))
+
+
+_sorted_apply.defvjp(_sorted_apply_fwd, _sorted_apply_bwd)
 
 
 def soft_sort_apply(scores: jax.Array, values: jax.Array,
@@ -185,40 +261,34 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
 
   ``out[..., r] = sum_j P[..., r, j] * values[..., j]`` with ``P`` as in
   :func:`soft_sort`.  Cost ``O(n log n)`` time, ``O(n)`` memory per row, and
-  gradients flow to both ``scores`` and ``values``.
+  gradients flow to ``scores``, ``values`` and ``temperature``.
+
+  Tie contract: where scores tie exactly (e.g. Hamming similarities of +-1
+  codes) the function is not differentiable; the gradient returned is the
+  symmetric subgradient -- ``d|x|/dx = 0`` at 0, and the cotangent of a sorted
+  value is shared equally by the members of its tie run -- so it does not
+  depend on the order ties come out of the sort: permuting the candidates
+  permutes the gradients the same way.
 
   Args:
     scores: ``[..., n]`` scores that define the (descending) order.
     values: ``[..., n]`` one value per candidate (e.g. a latent inner product).
-    temperature: ``tau > 0`` (scalar, may be traced).
+    temperature: scalar ``tau > 0`` (may be traced).
 
   Returns:
     ``[..., n]`` float32, indexed by rank ``r``.
   """
   scores = jnp.asarray(scores, jnp.float32)
   values = jnp.asarray(values, jnp.float32)
-  # Descending order.  Tied scores may come out in any order: the output at
-  # rank r depends only on the sorted value t_r, and a zero gap links tied
-  # points with factor 1, so every tie order sums the same terms.  Gradients
-  # reach the scores through the gathered values, never through the order.
+  temperature = jnp.asarray(temperature, jnp.float32)
+  if temperature.ndim:
+    raise ValueError(f"temperature must be a scalar; got shape {temperature.shape}")
+  # The order itself carries no gradient; the sorted values and the values
+  # gathered in that order do (take_along_axis's transpose scatters back).
   order = _argsort_desc(scores)
   x = jnp.take_along_axis(scores, order, axis=-1)
   v = jnp.take_along_axis(values, order, axis=-1)
-  gaps = x[..., :-1] - x[..., 1:]  # >= 0 by construction
-  link = jnp.exp(-gaps / temperature)  # link[r] couples ranks r and r + 1
-  zeros = jnp.zeros_like(link[..., :1])
-  # One scan for the numerator (v) and the normaliser (1) together.
-  stacked = jnp.stack([v, jnp.ones_like(v)])
-  # Left sums, inclusive: L_r = link_{r-1} L_{r-1} + v_r (points at or above t_r).
-  left = _linear_recurrence(jnp.concatenate([zeros, link], -1), stacked)
-  # Right sums, inclusive, by scanning the reversed row: R_r = link_r R_{r+1} + v_r.
-  right = jnp.flip(
-      _linear_recurrence(jnp.flip(jnp.concatenate([link, zeros], -1), -1),
-                         jnp.flip(stacked, -1)), -1)
-  # K_r = L_r + link_r * R_{r+1}: every point exactly once, no cancellation.
-  right_next = jnp.concatenate([right[..., 1:], jnp.zeros_like(right[..., :1])], -1)
-  kernel_sums = left + jnp.concatenate([link, zeros], -1) * right_next
-  return kernel_sums[0] / kernel_sums[1]
+  return _sorted_apply(x, v, temperature)
 
 
 def ott_soft_permutation(scores: jax.Array, epsilon: float = 0.1,

@@ -177,17 +177,148 @@ def test_sorting_network_orders_like_argsort(n):
     np.testing.assert_array_equal(row[o], np.sort(row)[::-1])
 
 
-def test_recurrence_adjoint_matches_finite_differences():
-  """The hand-written VJP of h_r = a_r h_{r-1} + v_r (shared a over stacked v)."""
-  from jax.test_util import check_grads
-  rng = np.random.default_rng(6)
-  decay = jnp.asarray(rng.uniform(0.1, 1.0, size=(3, 9)))
-  values = jnp.asarray(rng.normal(size=(2, 3, 9)))
-  with jax.enable_x64(True):
-    check_grads(sorting._linear_recurrence, (decay.astype(jnp.float64), values.astype(jnp.float64)),
-                order=1, modes=["rev"])
-  h = np.asarray(sorting._linear_recurrence(decay, values))
-  want = np.zeros_like(h)
-  for r in range(9):
-    want[..., r] = (decay[..., r] * want[..., r - 1] if r else 0) + values[..., r]
-  np.testing.assert_allclose(h, want, rtol=1e-5)
+def reference_sorted_nce_grads(a, b, za, zb, m, temperature, sort_temperature=None):
+  """Gradients of :func:`reference_sorted_nce` under the tie contract, float64.
+
+  Materialised and written out by hand: d|x|/dx = 0 at 0 (np.sign(0) = 0), and
+  the cotangent of each sorted value t_r is shared equally by every j with
+  s_j == t_r.  Returns grads w.r.t. (a, b, za, zb).
+  """
+  a, b, za, zb = (np.asarray(x, np.float64) for x in (a, b, za, zb))
+  n, d = a.shape
+  tau_s = 1.0 / d if sort_temperature is None else sort_temperature
+  s = a @ b.T / (2 * d) + 0.5
+  dots = za @ zb.T
+  g_s, g_dots = np.zeros((n, n)), np.zeros((n, n))
+  for i in range(n):
+    t = -np.sort(-s[i])
+    diff = t[:, None] - s[i][None, :]
+    logits = -np.abs(diff) / tau_s
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    c = p @ dots[i] / temperature
+    neg_w = np.exp(c[m:] - np.logaddexp.reduce(c[m:]))
+    g_c = np.zeros(n)
+    for k in range(m):
+      q = 1.0 / (1.0 + np.exp(-(c[k] - np.logaddexp.reduce(c[m:]))))  # sigmoid(c_k - neg)
+      g_c[k] += q - 1.0
+      g_c[m:] += (1.0 - q) * neg_w
+    g_c /= n * m * temperature
+    g_p = g_c[:, None] * dots[i][None, :]
+    g_dots[i] = g_c @ p
+    g_logits = p * (g_p - np.sum(p * g_p, axis=1, keepdims=True))
+    sgn = np.sign(diff)
+    g_t = np.sum(g_logits * -sgn / tau_s, axis=1)
+    g_s[i] = np.sum(g_logits * sgn / tau_s, axis=0)
+    for r in range(n):
+      members = s[i] == t[r]
+      g_s[i, members] += g_t[r] / members.sum()
+  return (g_s @ b / (2 * d), g_s.T @ a / (2 * d), g_dots @ zb, g_dots.T @ za)
+
+
+def _jax_grads(a, b, za, zb, m, temp, stemp):
+  f = lambda *x: sorted_nce(*x, num_positives=m, temperature=temp, sort_temperature=stemp)
+  return [np.asarray(g) for g in jax.grad(f, argnums=(0, 1, 2, 3))(
+      *[jnp.asarray(x, jnp.float32) for x in (a, b, za, zb)])]
+
+
+def test_tie_example_of_the_issue():
+  """n=3, d=2, m=1: every anchor code [1, 1], candidates [1,-1], [-1,1], [1,1] (rows of s
+  are [.5, .5, 1]).  Swapping the two tied candidates must not change the gradient."""
+  rng = np.random.default_rng(0)
+  a = np.ones((3, 2))
+  b = np.array([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+  za = rng.normal(size=(3, 4))
+  zb = rng.normal(size=(3, 4))
+  za /= np.linalg.norm(za, axis=1, keepdims=True)
+  zb /= np.linalg.norm(zb, axis=1, keepdims=True)
+  got = _jax_grads(a, b, za, zb, 1, 0.3, 0.5)
+  want = reference_sorted_nce_grads(a, b, za, zb, 1, 0.3, 0.5)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+  swap = np.array([1, 0, 2])
+  swapped = _jax_grads(a[swap], b[swap], za[swap], zb[swap], 1, 0.3, 0.5)
+  for g, gs in zip(got, swapped):
+    np.testing.assert_allclose(gs, g[swap], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("n,d,dz,m,temp,stemp", [
+    (8, 4, 3, 2, 0.3, None), (16, 8, 5, 1, 0.1, 0.5), (33, 6, 4, 3, 0.5, 0.2),
+    (64, 16, 8, 2, 0.3, 1.0 / 16)])
+def test_gradients_with_sign_codes_match_tie_contract(n, d, dz, m, temp, stemp):
+  """+-1 codes: Hamming similarities tie massively; every gradient follows the contract."""
+  a, b, za, zb = random_problem(np.random.default_rng(11 * n + d), n, d, dz, ties=True)
+  got = _jax_grads(a, b, za, zb, m, temp, stemp)
+  want = reference_sorted_nce_grads(a, b, za, zb, m, temp, stemp)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6)
+  assert np.abs(got[0]).max() > 1e-4  # the codes do get a gradient through the sorter
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_gradients_are_permutation_equivariant(ties):
+  n = 48
+  a, b, za, zb = random_problem(np.random.default_rng(21), n, 8, 6, ties=ties)
+  perm = np.random.default_rng(22).permutation(n)
+  g = _jax_grads(a, b, za, zb, 2, 0.3, None)
+  gp = _jax_grads(a[perm], b[perm], za[perm], zb[perm], 2, 0.3, None)
+  for x, xp in zip(g, gp):
+    np.testing.assert_allclose(xp, x[perm], rtol=1e-4, atol=1e-6)
+
+
+def test_reference_gradients_agree_with_finite_differences_without_ties():
+  """The hand-written reference itself, where the loss is smooth (tanh codes)."""
+  a, b, za, zb = random_problem(np.random.default_rng(5), 7, 4, 3)
+  want = reference_sorted_nce_grads(a, b, za, zb, 2, 0.3, 0.2)
+  args = [a, b, za, zb]
+  for i in range(4):
+    def f(x, i=i):
+      xs = list(args)
+      xs[i] = x
+      return reference_sorted_nce(*xs, 2, 0.3, 0.2)
+    np.testing.assert_allclose(want[i], numeric_grad(f, args[i]), rtol=1e-5, atol=1e-8)
+
+
+def test_soft_sort_apply_vjp_with_ties_and_temperature():
+  """soft_sort_apply's VJP against the dense form with symmetric |x| and shared sort
+  cotangents (float64), for values, scores and the temperature."""
+  rng = np.random.default_rng(8)
+  s = np.round(rng.normal(size=(3, 40)), 1)  # many ties
+  v = rng.normal(size=(3, 40))
+  g = rng.normal(size=(3, 40))
+  tau = 0.3
+
+  def dense(s, v, tau):
+    t = -np.sort(-s, axis=-1)
+    diff = t[..., :, None] - s[..., None, :]
+    p = np.exp(-np.abs(diff) / tau)
+    p /= p.sum(-1, keepdims=True)
+    return p, diff, t
+
+  p, diff, t = dense(s, v, tau)
+  gp = g[..., :, None] * v[..., None, :]
+  gl = p * (gp - np.sum(p * gp, -1, keepdims=True))
+  want_v = np.einsum("br,brj->bj", g, p)
+  want_s = np.sum(gl * np.sign(diff) / tau, axis=-2)
+  g_t = np.sum(-gl * np.sign(diff) / tau, axis=-1)
+  for row in range(3):
+    for r in range(40):
+      members = s[row] == t[row, r]
+      want_s[row, members] += g_t[row, r] / members.sum()
+  want_tau = np.sum(gl * np.abs(diff) / tau ** 2)
+  f = lambda s, v, tau: jnp.sum(sorting.soft_sort_apply(s, v, tau) * g)
+  got = jax.grad(f, argnums=(0, 1, 2))(jnp.asarray(s, jnp.float32), jnp.asarray(v, jnp.float32),
+                                        jnp.float32(tau))
+  np.testing.assert_allclose(np.asarray(got[1]), want_v, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got[0]), want_s, rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(float(got[2]), want_tau, rtol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_soft_sort_apply_tiny_rows(n):
+  s = jnp.zeros((2, n))
+  v = jnp.arange(2.0 * n).reshape(2, n)
+  out = sorting.soft_sort_apply(s, v, 0.5)
+  np.testing.assert_allclose(np.asarray(out), np.broadcast_to(v.mean(-1, keepdims=True), (2, n)))
+  g = jax.grad(lambda s: jnp.sum(sorting.soft_sort_apply(s, v, 0.5) ** 2))(s)
+  assert np.all(np.isfinite(np.asarray(g)))
