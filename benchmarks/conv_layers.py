@@ -1,9 +1,9 @@
 """The small CNN's three 3x3 convolutions, forward + backward, in both of
 ``Conv3x3``'s forms and under both XLA:CPU settings.
 
-Forms: ``im2col`` (``models._conv3x3_patches``: one matmul over the nine
+Forms: ``im2col`` (``models.conv3x3_patches``: one matmul over the nine
 shifted copies) and ``XLA conv`` (``lax.conv_general_dilated``).  Settings:
-the flag ``import nsh_jax`` sets (YNNPACK fusions off, :mod:`nsh_jax.xla_cpu`)
+the flag ``xla_cpu.apply_defaults()`` sets (YNNPACK fusions off, :mod:`nsh_jax.xla_cpu`)
 and XLA's defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA
 reads its flags once per process).  Batch 512 = two views of 256 images;
 milliseconds = the fastest of ``--repeats`` runs of the jitted forward + VJP
@@ -28,6 +28,8 @@ import numpy as np
 
 from nsh_jax import models, xla_cpu
 
+xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
+
 LAYERS = ((16, 32, 64), (8, 64, 128), (4, 128, 256))  # (side, in, out) of conv0..conv2
 
 
@@ -36,7 +38,7 @@ def xla_conv(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-FORMS = {"im2col": models._conv3x3_patches, "xla": xla_conv}
+FORMS = {"im2col": models.conv3x3_patches, "xla": xla_conv}
 
 
 def useful_gflop(batch):

@@ -57,13 +57,12 @@ def main():
   separate, sep_wall = {}, 0.0
   for b in args.bits:
     maps, wall = run(os.path.join(args.workdir, f"{tag}_separate_{b}"),
-                     common + [f"--config.model.bits={b}"])
+                     common + [f"--config.model.bit_list=({b},)"])
     separate[b] = maps[b]
     sep_wall += wall
   bit_list = "(" + ",".join(str(b) for b in args.bits) + ")"
   nested, nest_wall = run(os.path.join(args.workdir, f"{tag}_nested_d{args.distill}"),
                           common + [f"--config.model.bit_list={bit_list}",
-                                    f"--config.model.bits={max(args.bits)}",
                                     "--config.loss.dominance_weights=True",
                                     f"--config.loss.distill_weight={args.distill}"])
   print(f"# {platform.machine()}, {os.cpu_count()} CPU cores; base loss {args.base}, small CNN, "

@@ -33,7 +33,10 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import default  # noqa: E402
-from nsh_jax import input_pipeline, train  # noqa: E402
+from nsh_jax import input_pipeline, state as state_lib, step as step_lib  # noqa: E402
+from nsh_jax import xla_cpu  # noqa: E402
+
+xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
 
 
 def main():
@@ -53,11 +56,11 @@ def main():
     c = default.get_config()
     c.dataset.name, c.train.batch_size = args.dataset, batch
     splits = input_pipeline.load(c)
-    mesh = train.make_mesh()
+    mesh = state_lib.make_mesh()
     data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    step = train.make_train_step(c, mesh)
+    step = step_lib.make_train_step(c, mesh)
     state = jax.device_put(
-        train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), splits.num_classes), repl)
+        state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3)), repl)
     fixed_x = jax.device_put(splits.train_images[:batch], data)
     fixed_y = jax.device_put(splits.train_labels[:batch], data)
     state, m = step(state, fixed_x, fixed_y)  # compile

@@ -50,7 +50,7 @@ def learned_run(workdir, overrides, steps, seed):
     bit_list = "(" + ",".join(str(b) for b in BITS) + ")"
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/cifar_prefix.py",
            f"--workdir={workdir}", f"--config.train.steps={steps}", f"--config.seed={seed}",
-           f"--config.model.bit_list={bit_list}", f"--config.model.bits={max(BITS)}",
+           f"--config.model.bit_list={bit_list}",
            f"--config.train.checkpoint_every={steps}"] + overrides
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -25,7 +25,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import cifar_prefix
-from nsh_jax import householder, input_pipeline, metrics, train
+from nsh_jax import householder, input_pipeline, metrics, evaluation, state as state_lib, step as step_lib
+from nsh_jax import xla_cpu  # noqa: E402
+
+xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
 
 # The recipe's three settings, switched off: plain SortedNCE.
 PURE = {"instance_weight": 0.0, "code_instance_weight": 0.0, "sorted_warmup_steps": 0}
@@ -46,16 +49,16 @@ VARIANTS = {
 
 def run(name, overrides, steps, seed):
   c = cifar_prefix.get_config()
-  c.model.bits, c.model.bit_list, c.train.steps, c.seed = 64, (), steps, seed
+  c.model.bit_list, c.train.steps, c.seed = (64,), steps, seed
   c.train.warmup_steps = 100  # the search ran before the config's warm-up became 30
   for k, v in overrides.items():
     c.loss[k] = v
   splits = input_pipeline.load(c)
-  mesh = train.make_mesh()
+  mesh = state_lib.make_mesh()
   data = NamedSharding(mesh, P("data"))
-  state = jax.device_put(train.create_train_state(c, jax.random.PRNGKey(seed), (32, 32, 3),
-                                                  splits.num_classes), NamedSharding(mesh, P()))
-  step_fn = train.make_train_step(c, mesh)
+  state = jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(seed), (32, 32, 3)),
+                         NamedSharding(mesh, P()))
+  step_fn = step_lib.make_train_step(c, mesh)
   t0 = time.time()
   for _, x, y in input_pipeline.train_batches(splits.train_images, splits.train_labels,
                                               c.train.batch_size, seed, 0, steps):
@@ -64,7 +67,7 @@ def run(name, overrides, steps, seed):
   train_s = time.time() - t0
 
   def encode(images):
-    return np.concatenate([train.encode_images(train.make_encode_fn(c, mesh, out), state,
+    return np.concatenate([evaluation.encode_images(evaluation.make_encode_fn(c, mesh, out), state,
                                                images, mesh) for out in ("logits", "latents")], 1)
 
   q, d = encode(splits.query_images), encode(splits.db_images)

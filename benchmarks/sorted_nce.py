@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from nsh_jax import sorted_nce
+from nsh_jax import xla_cpu  # noqa: E402
+
+xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
 
 
 def naive_sorted_nce(a, b, za, zb, m=2, temperature=0.3):

@@ -6,7 +6,7 @@ two views per image, symmetric SortedNCE (m=2, T=0.3, SoftSort at one Hamming
 bit, straight-through sign codes in the sorter), the quantization and
 bit-balance penalties, global-norm clipping and AdamW.
 
-* ours: ``nsh_jax.train.make_train_step`` -- augmentation of both views inside
+* ours: ``nsh_jax.step.make_train_step`` -- augmentation of both views inside
   the jitted step, the exact O(n^2 log n) SortedNCE, donated state;
 * PyTorch: eager ``torch.nn`` (CPU torch; ``pip install torch==2.13.0``),
   SortedNCE as the public reimplementations compute it (materialised soft
@@ -31,7 +31,7 @@ what they would cost at the best float32 matmul rate measured on this machine
 (XLA's or torch's) for their useful FLOPs; each side's other CNN layers (CNN
 alone minus convs); and what 3x would leave for ours.  Both
 sides use every core (torch.set_num_threads(os.cpu_count())).  Our side runs
-with the XLA:CPU flags ``import nsh_jax`` sets (:mod:`nsh_jax.xla_cpu`);
+with the XLA:CPU flags ``xla_cpu.apply_defaults()`` sets (:mod:`nsh_jax.xla_cpu`);
 ``--compare-xla-defaults`` adds a column for our step under XLA's own
 defaults (a subprocess with ``NSH_JAX_KEEP_XLA_FLAGS=1``, since XLA reads its
 flags once per process).
@@ -70,7 +70,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks import conv_layers  # noqa: E402
 from configs import default  # noqa: E402
-from nsh_jax import models, train, xla_cpu  # noqa: E402
+from nsh_jax import models, state as state_lib, step as step_lib, xla_cpu  # noqa: E402
+
+xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
 
 BITS, LATENT, M, TEMP = 64, 128, 2, 0.3
 
@@ -91,7 +93,7 @@ def cpu_model():
 
 def config_for(batch):
   c = default.get_config()
-  c.model.bits, c.model.latent_dim, c.train.batch_size = BITS, LATENT, batch
+  c.model.bit_list, c.model.latent_dim, c.train.batch_size = (BITS,), LATENT, batch
   c.loss.num_positives, c.loss.temperature = M, TEMP
   return c
 
@@ -111,12 +113,12 @@ def _timed(step_once, steps):
 def jax_runner(batch, images, labels):
   """(run, compile_s): ``run(steps)`` times our jitted step, one sync per step."""
   c = config_for(batch)
-  mesh = train.make_mesh()
+  mesh = state_lib.make_mesh()
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  box = [jax.device_put(train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10),
+  box = [jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3)),
                         repl)]
-  step = train.make_train_step(c, mesh)
+  step = step_lib.make_train_step(c, mesh)
   x, y = jax.device_put(images, data), jax.device_put(labels, data)
   t = time.perf_counter()
   compiled = step.lower(box[0], x, y).compile()
@@ -133,7 +135,7 @@ def jax_runner(batch, images, labels):
 def jax_cnn_runner(batch):
   """``run(steps)`` timing our encoder's forward + backward alone on ``2 x batch`` images."""
   c = config_for(batch)
-  state = train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10)
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
   views = jax.random.normal(jax.random.PRNGKey(1), (2 * batch, 32, 32, 3))
 
   def loss(params, x):
@@ -290,7 +292,7 @@ def print_conv_budget(split, repeats, torch):
   ours CNN, theirs step, theirs CNN)``, in seconds, of batches PyTorch ran."""
   rates = sgemm_gflops(torch)
   peak = max(rates.values())
-  form = "im2col" if models._use_patches() else "xla"
+  form = "im2col" if models.use_patches() else "xla"
   print(f"\n# the 3x target against the convolutions (ms): budget = PyTorch step / 3; convs = the "
         f"nine 3x3 convolution passes (forward, input and kernel gradients of conv0..conv2 at "
         f"2 x batch) timed alone, ours by benchmarks/conv_layers.py (form {form!r}) and "

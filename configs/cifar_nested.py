@@ -12,7 +12,6 @@ from configs import cifar
 def get_config():
   config = cifar.get_config()
   config.model.bit_list = (16, 32, 64, 128)
-  config.model.bits = 128
   config.loss.name = "csq"
   config.loss.quant_weight = 1e-4  # CSQ's lambda on ||u| - 1|^2
   config.loss.balance_weight = 0.0

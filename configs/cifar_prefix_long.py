@@ -14,7 +14,6 @@ def get_config():
   config = cifar_prefix.get_config()
   config.seed = 0
   config.model.bit_list = (16, 32, 64)
-  config.model.bits = 64
   config.train.steps = 5000
   config.train.checkpoint_every = 1000
   config.train.log_every = 500

@@ -9,7 +9,6 @@ from configs import cifar_prefix
 def get_config():
   config = cifar_prefix.get_config()
   config.model.bit_list = (16, 32, 64)
-  config.model.bits = 64
   config.loss.dominance_weights = True
   config.loss.distill_weight = 1.0
   return config

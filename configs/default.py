@@ -24,15 +24,27 @@ def get_config():
   config.dataset.hue = 0.1
   config.dataset.jitter_prob = 0.8
   config.dataset.gray_prob = 0.2
+  config.dataset.flip = 0.5  # probability of a horizontal flip
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "small_cnn"
   config.model.pretrained = False
   config.model.frozen = False
-  config.model.bits = 64
-  config.model.bit_list = ()  # e.g. (16, 32, 64) for a nested (NHL) run
+  # Code lengths; several = one head emitting prefixes (NHL), e.g. (16, 32, 64).
+  config.model.bit_list = (64,)
   config.model.latent_dim = 128
+  # Hidden width of the hash and latent heads (0: each head is one linear layer).
+  config.model.head_hidden = 0
   config.model.bf16 = False
+
+  # Frozen-backbone feature cache (nsh_jax/feature_cache.py): K > 0 augmented
+  # views per training image are extracted once and the heads train on them
+  # (needs model.frozen and model.pretrained); 0 runs the backbone every step.
+  config.features = ml_collections.ConfigDict()
+  config.features.views = 0
+  config.features.seed = 0
+  config.features.chunk = 256
+  config.features.cache_dir = ""  # "" = $NSH_JAX_CACHE or ~/.cache/nsh-jax/features
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "nsh"

@@ -1,6 +1,6 @@
 """nsh-jax: learning to hash for large-scale image retrieval, in JAX.
 
-Public entry points (see README):
+Public entry points (see README and docs/architecture.md):
 
 * :func:`sorted_nce` -- NSH's SortedNCE loss, exact and ``O(n^2 log n)``.
 * :mod:`nsh_jax.sorting` -- Hamming similarity, SoftSort, the OT sorter.
@@ -9,18 +9,13 @@ Public entry points (see README):
 * :mod:`nsh_jax.householder` -- H2Q, ITQ, LSH quantizers.
 * :mod:`nsh_jax.nested` -- nested multi-length hash head (NHL).
 
-Importing the package turns XLA:CPU's YNNPACK fusions off if no JAX backend
-exists yet (1.32x faster CPU train step here; :mod:`nsh_jax.xla_cpu`;
-``NSH_JAX_KEEP_XLA_FLAGS=1`` opts out).  :func:`nsh_jax.malloc.tune` (called
-by ``main.py``, process-wide, so never on import) stops XLA:CPU's per-step
-page faults.
+Importing the package changes nothing outside it: no environment variables, no
+allocator or compiler settings.  The process-wide settings ``main.py`` applies
+are public for other programs to call first thing:
+:func:`nsh_jax.xla_cpu.apply_defaults` and :func:`nsh_jax.malloc.tune`.
 """
 
-from nsh_jax import xla_cpu
-
-xla_cpu.apply_defaults()  # before anything below can start a backend
-
-from nsh_jax.losses import sorted_nce  # noqa: E402
+from nsh_jax.losses import sorted_nce
 
 __version__ = "0.1.0"
 __all__ = ["sorted_nce", "__version__"]

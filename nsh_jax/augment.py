@@ -6,7 +6,8 @@ Runs inside the jitted train step on the accelerator, per example under
 and after a resume.
 
 MoCo-v2 style (the NSH reimplementations): random resized crop (scale
-``[min_scale, 1]``, aspect ``[3/4, 4/3]``), horizontal flip, colour jitter
+``[min_scale, 1]``, aspect ``[3/4, 4/3]``), horizontal flip (probability
+``flip``), colour jitter
 (brightness / contrast / saturation / hue with probability ``jitter_prob``),
 grayscale with probability ``gray_prob``.
 """
@@ -30,11 +31,18 @@ def to_unit(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
+# name -> fn([0, 1] RGB) -> network input.  'caffe' matches Keras VGG16/ResNet50;
+# 'lite' is (x - 127) / 128 on 0..255, what the EfficientNet-Lite weights expect.
+NORMALIZATIONS = {
+    "imagenet": lambda x: (x - _MEAN) / _STD,
+    "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_MEAN_BGR,
+    "lite": lambda x: (x * 255.0 - 127.0) / 128.0,
+}
+
+
 def normalize(images01: jax.Array, mode: str = "imagenet") -> jax.Array:
-  """``[0, 1]`` RGB -> network input.  ``'caffe'`` matches Keras VGG16/ResNet50."""
-  if mode == "caffe":
-    return images01[..., ::-1] * 255.0 - _CAFFE_MEAN_BGR
-  return (images01 - _MEAN) / _STD
+  """``[0, 1]`` RGB -> network input, by ``NORMALIZATIONS[mode]``."""
+  return NORMALIZATIONS[mode](images01)
 
 
 def resize(images01: jax.Array, size: int) -> jax.Array:
@@ -90,7 +98,7 @@ def augment_one(key: jax.Array, image01: jax.Array, cfg: Any) -> jax.Array:
   """One augmented view of one ``[H, W, 3]`` image in ``[0, 1]``."""
   k_crop, k_flip, k_jit, k_jit_p, k_gray = jax.random.split(key, 5)
   x = _random_resized_crop(k_crop, image01, cfg.image_size, cfg.min_scale)
-  x = jnp.where(jax.random.uniform(k_flip) < 0.5, x[:, ::-1], x)
+  x = jnp.where(jax.random.uniform(k_flip) < cfg.flip, x[:, ::-1], x)
   strength = (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
   x = jnp.where(jax.random.uniform(k_jit_p) < cfg.jitter_prob,
                 _color_jitter(k_jit, x, strength), x)

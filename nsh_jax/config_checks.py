@@ -1,20 +1,25 @@
-"""Start-up checks of a config: one line per problem, naming the key and the fix."""
+"""Start-up checks of a config: one line per problem, naming the key and the fix.
+
+The lists of valid names come from the registries that dispatch on them, so a
+newly registered loss, backbone, sorter, quantizer or optimizer is valid here
+without an edit.
+"""
 
 from __future__ import annotations
 
+from nsh_jax import augment, householder, input_pipeline, models, objectives, optim, sorting
+from nsh_jax.errors import ConfigError
 
-class ConfigError(ValueError):
-  """A bad configuration value; the message names the key and the fix."""
-
+__all__ = ["ConfigError", "validate"]
 
 _CHOICES = {
-    "model.backbone": ("small_cnn", "vgg16", "resnet50"),
-    "loss.name": ("nsh", "contrastive", "dpsh", "csq", "dsh"),
-    "loss.sorter": ("softsort", "ott"),
-    "quantizer": ("sign", "h2q", "itq"),
-    "train.optimizer": ("adamw", "sgd"),
+    "model.backbone": models.BACKBONES.names(),
+    "loss.name": objectives.OBJECTIVES.names(),
+    "loss.sorter": sorting.SORTERS.names(),
+    "quantizer": householder.QUANTIZERS.names(),
+    "train.optimizer": optim.OPTIMIZERS.names(),
     "train.on_nonfinite": ("stop", "skip"),
-    "dataset.normalization": ("imagenet", "caffe"),
+    "dataset.normalization": tuple(augment.NORMALIZATIONS),
 }
 
 
@@ -31,10 +36,12 @@ def validate(config, device_count: int = 1) -> None:
     value = _get(config, key)
     if value not in choices:
       raise ConfigError(f"config.{key}={value!r} is not one of {choices}")
-  bits = list(config.model.get("bit_list") or []) or [config.model.bits]
+  bits = list(config.model.bit_list)
+  if not bits:
+    raise ConfigError("config.model.bit_list is empty; give at least one code length, e.g. (64,)")
   for b in bits:
     if int(b) <= 0:
-      raise ConfigError(f"config.model.bits/bit_list must be positive ints; got {b}")
+      raise ConfigError(f"config.model.bit_list must hold positive ints; got {b}")
   if len(set(bits)) != len(bits):
     raise ConfigError(f"config.model.bit_list has repeated lengths: {bits}")
   positive = {"model.latent_dim": config.model.latent_dim, "train.steps": config.train.steps,
@@ -65,5 +72,20 @@ def validate(config, device_count: int = 1) -> None:
     v = config.dataset[key]
     if not 0 <= v <= 1:
       raise ConfigError(f"config.dataset.{key} must be in [0, 1]; got {v}")
-  if config.model.backbone == "small_cnn" and config.model.pretrained:
-    raise ConfigError("config.model.pretrained=True needs backbone vgg16 or resnet50")
+  if config.model.pretrained and models.BACKBONES.get(config.model.backbone).load_pretrained is None:
+    with_weights = [n for n in models.BACKBONES.names()
+                    if models.BACKBONES.get(n).load_pretrained is not None]
+    raise ConfigError(f"config.model.pretrained=True needs a backbone with pretrained weights: "
+                      f"one of {with_weights}")
+  views = config.features.views
+  if views and (views < 2 or not config.model.frozen or not config.model.pretrained):
+    raise ConfigError(f"config.features.views={views}: the feature cache needs >= 2 views per "
+                      f"image and a frozen pretrained backbone (model.frozen=True, "
+                      f"model.pretrained=True); 0 turns it off")
+  if config.features.chunk < 1 or config.dataset.flip < 0 or config.dataset.flip > 1:
+    raise ConfigError("config.features.chunk must be >= 1 and config.dataset.flip in [0, 1]")
+  kind, _ = input_pipeline.split_name(config.dataset.name)
+  if kind not in input_pipeline.DATASETS:
+    raise ConfigError(f"config.dataset.name={config.dataset.name!r}: use one of "
+                      f"{[n for n in input_pipeline.DATASETS.names() if n != 'npz']} "
+                      f"or npz:/path/file.npz")

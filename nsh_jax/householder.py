@@ -27,8 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-QUANTIZERS = ("sign", "h2q", "itq", "lsh")
-H2Q_LOSSES = ("l2", "l1", "min_entry", "bit_var")
+from nsh_jax.codes import binarize, l2_normalize
+from nsh_jax.registry import Registry
+
+__all__ = ["QUANTIZERS", "H2Q_LOSSES", "householder_product", "h2q_loss", "fit_h2q", "fit_itq",
+           "fit_lsh", "fit_sign", "itq_objective", "fit", "apply"]
+
+QUANTIZERS = Registry("quantizer", "quantizer")
+H2Q_LOSSES = {
+    "l2": lambda x: jnp.mean((x - binarize(x, x.dtype)) ** 2),
+    "l1": lambda x: jnp.mean(jnp.abs(x - binarize(x, x.dtype))),
+    "min_entry": lambda x: jnp.mean(jax.nn.logsumexp(-x ** 2, axis=-1)),
+    "bit_var": lambda x: jnp.mean(jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x))),
+}
 
 
 def householder_product(vectors: jax.Array) -> jax.Array:
@@ -46,22 +57,19 @@ def householder_product(vectors: jax.Array) -> jax.Array:
 
 
 def h2q_loss(rotated: jax.Array, kind: str = "l2") -> jax.Array:
-  """Quantization loss of rotated embeddings ``[n, k]`` (mean over entries)."""
-  if kind == "l2":
-    return jnp.mean((rotated - jnp.sign(rotated)) ** 2)
-  if kind == "l1":
-    return jnp.mean(jnp.abs(rotated - jnp.sign(rotated)))
-  if kind == "min_entry":
-    return jnp.mean(jax.nn.logsumexp(-rotated ** 2, axis=-1))
-  if kind == "bit_var":
-    p = jax.nn.sigmoid(rotated)
-    return jnp.mean(p * (1 - p))
-  raise ValueError(f"unknown H2Q loss {kind!r}; expected one of {H2Q_LOSSES}")
+  """Quantization loss of rotated embeddings ``x`` ``[n, k]`` (mean over entries).
+
+  ``l2``: ``mean((x - sign x)^2)``; ``l1``: ``mean(|x - sign x|)``;
+  ``min_entry``: ``mean_i logsumexp_k(-x_ik^2)``; ``bit_var``:
+  ``mean(p (1 - p))``, ``p = sigmoid(x)``.
+  """
+  if kind not in H2Q_LOSSES:
+    raise ValueError(f"unknown H2Q loss {kind!r}; expected one of {tuple(H2Q_LOSSES)}")
+  return H2Q_LOSSES[kind](rotated)
 
 
 def _rescale(z):
-  k = z.shape[1]
-  return z * (np.sqrt(k) / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
+  return l2_normalize(z, axis=1) * np.sqrt(z.shape[1])
 
 
 def _check_embeddings(z, name="embeddings"):
@@ -133,7 +141,7 @@ def fit_h2q(z, *, loss: str = "l2", epochs: int = 100, batch_size: int = 128,
 def itq_objective(v: np.ndarray, r: np.ndarray) -> float:
   """``||sign(V R) - V R||_F^2`` (what ITQ minimises)."""
   x = v @ r
-  return float(np.sum((np.where(x >= 0, 1.0, -1.0) - x) ** 2))
+  return float(np.sum((binarize(x, x.dtype) - x) ** 2))
 
 
 def fit_itq(z, bits: Optional[int] = None, iterations: int = 50, seed: int = 0,
@@ -150,7 +158,7 @@ def fit_itq(z, bits: Optional[int] = None, iterations: int = 50, seed: int = 0,
   r, _ = np.linalg.qr(rng.normal(size=(bits, bits)))
   objectives = [itq_objective(v, r)]
   for _ in range(iterations):
-    b = np.where(v @ r >= 0, 1.0, -1.0)
+    b = binarize(v @ r, np.float64)
     p, _, qt = np.linalg.svd(v.T @ b)
     r = p @ qt
     objectives.append(itq_objective(v, r))
@@ -172,24 +180,33 @@ def fit_lsh(z, bits: Optional[int] = None, seed: int = 0) -> dict:
           "projection": rng.normal(size=(z.shape[1], bits)).astype(np.float32)}
 
 
+def fit_sign(z, bits: Optional[int] = None, seed: int = 0) -> dict:
+  """The identity quantizer: the codes are the signs of the first ``bits`` dimensions."""
+  del seed
+  k = z.shape[1] if bits is None else bits
+  return {"name": "sign", "mean": np.zeros(z.shape[1], np.float32),
+          "projection": np.eye(z.shape[1], k, dtype=np.float32)}
+
+
+def fit_h2q_to(z, bits: Optional[int] = None, seed: int = 0, **kwargs) -> dict:
+  """H2Q with ``bits`` outputs: PCA to ``bits`` dimensions first when that is fewer."""
+  if bits is not None and bits < z.shape[1]:
+    mean, pca = _pca(z, bits)
+    q = fit_h2q((z - mean) @ pca, seed=seed, **kwargs)
+    return {**q, "mean": mean, "projection": pca @ q["projection"]}
+  return fit_h2q(z, seed=seed, **kwargs)
+
+
+QUANTIZERS.register("sign")(fit_sign)
+QUANTIZERS.register("h2q")(fit_h2q_to)
+QUANTIZERS.register("itq")(fit_itq)
+QUANTIZERS.register("lsh")(fit_lsh)
+
+
 def fit(name: str, z, bits: Optional[int] = None, seed: int = 0, **kwargs) -> dict:
-  """Fits quantizer ``name`` (``'sign'``, ``'h2q'``, ``'itq'``, ``'lsh'``) on ``z`` [n, k]."""
-  z = _check_embeddings(z)
-  if name == "sign":
-    k = z.shape[1] if bits is None else bits
-    return {"name": "sign", "mean": np.zeros(z.shape[1], np.float32),
-            "projection": np.eye(z.shape[1], k, dtype=np.float32)}
-  if name == "h2q":
-    if bits is not None and bits < z.shape[1]:
-      mean, pca = _pca(z, bits)
-      q = fit_h2q((z - mean) @ pca, seed=seed, **kwargs)
-      return {**q, "mean": mean, "projection": pca @ q["projection"]}
-    return fit_h2q(z, seed=seed, **kwargs)
-  if name == "itq":
-    return fit_itq(z, bits, seed=seed, **kwargs)
-  if name == "lsh":
-    return fit_lsh(z, bits, seed=seed)
-  raise ValueError(f"unknown quantizer {name!r}; expected one of {QUANTIZERS}")
+  """Fits quantizer ``name`` (one of ``QUANTIZERS``) on ``z`` ``[n, k]``."""
+  fit_fn = QUANTIZERS.get(name)
+  return fit_fn(_check_embeddings(z), bits, seed=seed, **kwargs)
 
 
 def apply(quantizer: dict, z) -> np.ndarray:

@@ -28,9 +28,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """Missing or malformed data; the message is one line saying what to fix."""
+from nsh_jax.errors import DataError
+from nsh_jax.registry import Registry
 
 
 @dataclasses.dataclass
@@ -51,7 +50,7 @@ class Splits:
 # ------------------------------------------------------------------ validation
 
 
-def _check_images(name: str, images) -> np.ndarray:
+def check_images(name: str, images) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise DataError(f"{name} must be uint8 [n, H, W, 3] (NHWC RGB); got {images.dtype} "
@@ -63,7 +62,7 @@ def _check_images(name: str, images) -> np.ndarray:
   return images
 
 
-def _check_labels(name: str, labels, n: int) -> np.ndarray:
+def check_labels(name: str, labels, n: int) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim not in (1, 2) or labels.shape[0] != n:
     raise DataError(f"{name} must be [n] ints or [n, C] multi-hot with n={n}; got shape "
@@ -114,10 +113,10 @@ def load_npz(path: str) -> Splits:
     missing = [k for k in need if k not in f.files]
     if missing:
       raise DataError(f"{path} is missing keys {missing}; it has {sorted(f.files)}")
-    tr = _check_images(f"{path}:train_images", f["train_images"])
-    te = _check_images(f"{path}:test_images", f["test_images"])
-    trl = _check_labels(f"{path}:train_labels", f["train_labels"], tr.shape[0])
-    tel = _check_labels(f"{path}:test_labels", f["test_labels"], te.shape[0])
+    tr = check_images(f"{path}:train_images", f["train_images"])
+    te = check_images(f"{path}:test_images", f["test_images"])
+    trl = check_labels(f"{path}:train_labels", f["train_labels"], tr.shape[0])
+    tel = check_labels(f"{path}:test_labels", f["test_labels"], te.shape[0])
   if tr.shape[1:] != te.shape[1:]:
     raise DataError(f"{path}: train images {tr.shape[1:]} and test images {te.shape[1:]} "
                     f"differ in size")
@@ -182,20 +181,30 @@ def load_list_dir(name: str, data_dir: Optional[str], image_size: int) -> Splits
   return Splits(*out["train"], *out["test"], *out["database"], labels.shape[1])
 
 
+DATASETS = Registry("dataset", "dataset.name")
+DATASETS.register("digits")(lambda config, arg: load_digits(config.seed))
+DATASETS.register("npz")(lambda config, path: load_npz(os.path.expanduser(path)))
+DATASETS.register("cifar10")(lambda config, arg: load_cifar10(
+    config.seed, config.dataset.data_dir or None, config.dataset.download))
+DATASETS.register("nus_wide")(lambda config, arg: load_list_dir(
+    "nus_wide", config.dataset.data_dir or None, config.dataset.image_size))
+DATASETS.register("coco")(lambda config, arg: load_list_dir(
+    "coco", config.dataset.data_dir or None, config.dataset.image_size))
+
+
+def split_name(name: str) -> Tuple[str, str]:
+  """``'npz:/a/b.npz'`` -> ``('npz', '/a/b.npz')``; ``'digits'`` -> ``('digits', '')``."""
+  kind, _, arg = name.partition(":")
+  return kind, arg
+
+
 def load(config) -> Splits:
-  """The splits for ``config.dataset`` (see module docstring)."""
-  ds = config.dataset
-  name = ds.name
-  if name == "digits":
-    return load_digits(config.seed)
-  if name.startswith("npz:"):
-    return load_npz(os.path.expanduser(name[4:]))
-  if name == "cifar10":
-    return load_cifar10(config.seed, ds.data_dir or None, ds.download)
-  if name in ("nus_wide", "coco"):
-    return load_list_dir(name, ds.data_dir or None, ds.image_size)
-  raise DataError(f"unknown dataset.name {name!r}; use digits, cifar10, nus_wide, coco or "
-                  f"npz:/path/file.npz")
+  """The splits for ``config.dataset`` (see module docstring): ``DATASETS[name](config, arg)``."""
+  kind, arg = split_name(config.dataset.name)
+  if kind not in DATASETS:
+    raise DataError(f"unknown dataset.name {config.dataset.name!r}; use one of "
+                    f"{', '.join(n for n in DATASETS.names() if n != 'npz')} or npz:/path/file.npz")
+  return DATASETS.get(kind)(config, arg)
 
 
 # --------------------------------------------------------------------- batches

@@ -3,9 +3,10 @@
 * :func:`sorted_nce` -- NSH's SortedNCE (the public contract, exact and fast).
 * :func:`nt_xent` -- contrastive hashing without sorting (CIBHash-style ablation).
 * :func:`dpsh_loss`, :func:`csq_loss`, :func:`dsh_loss` -- supervised bases for NHL.
-* :func:`quantization_penalty`, :func:`sign_ste` -- helpers shared by trainers.
+* :func:`quantization_penalty`, :func:`bit_balance_penalty` -- code penalties.
 
-All compute in float32 whatever the input dtype.
+All compute in float32 whatever the input dtype.  Nothing here imports the
+retrieval stack (Numba) or the trainer.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from nsh_jax import sorting
-from nsh_jax.retrieval import binarize
+from nsh_jax.codes import binarize, sign_ste  # noqa: F401 -- sign_ste is public here too
+
+__all__ = ["sorted_nce", "symmetric_sorted_nce", "ranked_nce", "nt_xent", "sign_ste",
+           "quantization_penalty", "bit_balance_penalty", "label_similarity", "dpsh_loss",
+           "hadamard_centers", "csq_loss", "dsh_loss"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -106,25 +112,18 @@ def symmetric_sorted_nce(codes_1, codes_2, latents_1, latents_2,
 
 def nt_xent(features_1: jax.Array, features_2: jax.Array,
             temperature: float = 0.3) -> jax.Array:
-  """NT-Xent (SimCLR) between two views, both directions, cosine similarity.
+  """NT-Xent (SimCLR) between two views ``[n, d]``, both directions, cosine similarity.
 
   For ``u = normalise([f1; f2])`` (``2n`` rows), row ``i``'s positive is its other
   view and the other ``2n - 2`` rows are negatives:
-  ``L = mean_i -log softmax_{j != i}(u_i . u_j / T)[pos(i)]``.
+  ``L = mean_i -log softmax_{j != i}(u_i . u_j / T)[pos(i)]``.  This is
+  ``optax.losses.ntxent`` with the two views as one label each (a test checks
+  it against the formula).
   """
+  n = features_1.shape[0]
+  labels = jnp.concatenate([jnp.arange(n), jnp.arange(n)])
   u = jnp.concatenate([features_1, features_2]).astype(jnp.float32)
-  u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
-  n2 = u.shape[0]
-  n = n2 // 2
-  logits = jnp.einsum("id,jd->ij", u, u, precision=_HI) / temperature
-  logits = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, logits)
-  pos = jnp.concatenate([jnp.arange(n, n2), jnp.arange(n)])
-  return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(n2), pos])
-
-
-def sign_ste(x: jax.Array) -> jax.Array:
-  """Straight-through sign: forward ``sign(x)`` (0 -> +1), backward identity."""
-  return x + jax.lax.stop_gradient(binarize(x).astype(x.dtype) - x)
+  return optax.losses.ntxent(u, labels, temperature)
 
 
 def quantization_penalty(codes: jax.Array) -> jax.Array:

@@ -3,8 +3,8 @@
 XLA:CPU allocates each execution's buffers afresh.  glibc serves blocks above
 its mmap threshold (at most 32 MiB) with ``mmap`` and unmaps them on ``free``,
 so every train step maps new pages and the kernel zeroes them on first touch:
-about 36,000 minor page faults (~140 MiB) per small-CNN step at batch 256
-(``benchmarks/train_step.py`` counts them).  :func:`tune` makes glibc keep
+tens of thousands of minor page faults per small-CNN step
+(``benchmarks/train_step.py`` counts them; BENCHMARKS.md).  :func:`tune` makes glibc keep
 freed memory instead:
 
 * ``M_MMAP_MAX = 0`` -- no ``mmap`` for large blocks; they come from the heap;
@@ -12,7 +12,7 @@ freed memory instead:
 * ``M_ARENA_MAX = 1`` -- threads created afterwards (XLA's) share the main
   arena, whose heap can grow past the 64 MiB limit of per-thread arenas.
 
-After it a step faults no pages and runs 6-10% faster
+After it a step faults no pages and runs faster
 (``benchmarks/train_step.py --malloc both``, BENCHMARKS.md).  The price: the process keeps
 its peak heap size until it exits.  The settings are process-wide, so the
 library never applies them on import; ``main.py`` calls :func:`tune` first

