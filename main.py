@@ -46,13 +46,16 @@ flags.DEFINE_integer("k", 10, "search: neighbours per query.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-process: seconds before a silent (dead) "
+                     "process makes the others stop with an error.")
 flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
 
 
 def _start_backends():
   import jax
   from nsh_jax import distributed
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         heartbeat_timeout_s=FLAGS.heartbeat_timeout)
   if jax.default_backend() != "cpu":  # tf.data / TFDS must not take accelerator memory
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -73,19 +76,31 @@ def main(argv):
   except Exception as e:  # one line for the user; --debug for the traceback
     if FLAGS.debug:
       raise
-    if not isinstance(e, errors.USER_ERRORS):
-      print(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-            file=sys.stderr)
-      sys.exit(1)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_with_one_line(e, errors)
+
+
+def _exit_with_one_line(e: Exception, errors) -> None:
+  import jax
+  msg, code = errors.describe(e, jax.process_count())
+  print(f"error: {msg}", file=sys.stderr)
+  if jax.process_count() > 1:  # skip exit hooks: JAX's distributed shutdown would wait for
+    sys.stdout.flush()         # (or abort on) the processes that are gone
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 def _parse_flags(argv):
   """absl flag parsing, but a bad key, value or config path is one line, not a traceback."""
   try:
-    return FLAGS(argv)
-  except Exception as e:  # ml_collections raises AttributeError/ValueError/TypeError/IOError
+    argv = FLAGS(argv)
+    FLAGS.config.keys()  # the file loads lazily (an error placeholder raises on use): load here
+    return argv
+  except OSError as e:  # a missing or unreadable config file
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    print(f"error: cannot load the config file (--config): {lines[-1]}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # ml_collections raises AttributeError/ValueError/TypeError
     msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
     given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]
     where = f" (in {', '.join(given)})" if given else ""

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import cifar_prefix_pretrained  # noqa: E402
-from nsh_jax import augment, efficientnet, models, state as state_lib, step as step_lib  # noqa: E402
+from nsh_jax import augment, efficientnet, state as state_lib, step as step_lib  # noqa: E402
 from nsh_jax import torch_checkpoint  # noqa: E402
 
 BATCH = 64
@@ -42,17 +42,9 @@ def ours(size, grouped=False):
   variables = efficientnet.convert_state_dict(
       torch_checkpoint.load_state_dict(efficientnet.weights_path("lite0")), "lite0")
   variables["params"].pop("fc")
-  model = efficientnet.EfficientNetLite("lite0")
-  if grouped:
-    orig = efficientnet._depthwise
-    efficientnet._depthwise = lambda x, k, s, pad: jax.lax.conv_general_dilated(
-        x, k[:, :, None, :], (s, s), (pad, pad), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=x.shape[-1])
+  model = efficientnet.EfficientNetLite("lite0", grouped_depthwise=grouped)
   fn = jax.jit(lambda u8: model.apply(variables, augment.normalize(
       augment.resize(augment.to_unit(u8), size), "lite")))
-  if grouped:
-    fn = jax.jit(fn.lower(jnp.zeros((BATCH, 32, 32, 3), jnp.uint8)).compile())
-    efficientnet._depthwise = orig
   return lambda u8: np.asarray(fn(u8))
 
 

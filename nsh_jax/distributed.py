@@ -25,10 +25,13 @@ def _env_wants_cluster() -> bool:
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, timeout_s: int = 120) -> bool:
+               process_id: Optional[int] = None, timeout_s: int = 120,
+               heartbeat_timeout_s: int = 60) -> bool:
   """Joins the processes; returns whether more than one process was set up.
 
-  ``timeout_s`` bounds the wait for the other processes at start-up.
+  ``timeout_s`` bounds the wait for the other processes at start-up;
+  ``heartbeat_timeout_s`` how long a silent (killed) process goes unnoticed
+  before the others are stopped with an error instead of waiting forever.
   """
   import jax
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
@@ -42,5 +45,6 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id, initialization_timeout=timeout_s)
+                             process_id=process_id, initialization_timeout=timeout_s,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s)
   return jax.process_count() > 1

@@ -102,8 +102,14 @@ def _same_pad(size: int, kernel: int, stride: int) -> Tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, pad: Tuple[int, int]) -> jax.Array:
-  """Depthwise convolution ``[n, H, W, C]`` * ``[k, k, C]`` as a sum of shifted slices."""
+def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, pad: Tuple[int, int],
+               grouped: bool = False) -> jax.Array:
+  """Depthwise convolution ``[n, H, W, C]`` * ``[k, k, C]``: a sum of shifted slices,
+  or (``grouped``) XLA's grouped convolution."""
+  if grouped:
+    return jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (stride, stride), (pad, pad),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=x.shape[-1])
   k = kernel.shape[0]
   x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
   out_h = (x.shape[1] - k) // stride + 1
@@ -140,6 +146,7 @@ class _BatchNorm(nn.Module):
 class _MBConv(nn.Module):
   spec: BlockSpec
   dtype: Any = jnp.float32
+  grouped: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -151,7 +158,8 @@ class _MBConv(nn.Module):
       w = self.param("expand_conv", init, (s.inp, mid), jnp.float32)
       y = jax.nn.relu6(_BatchNorm(name="bn0")(_pointwise(y, w.astype(self.dtype))))
     dw = self.param("depthwise_conv", init, (s.kernel, s.kernel, mid), jnp.float32)
-    y = _depthwise(y, dw.astype(self.dtype), s.stride, _same_pad(s.size_in, s.kernel, s.stride))
+    y = _depthwise(y, dw.astype(self.dtype), s.stride, _same_pad(s.size_in, s.kernel, s.stride),
+                   self.grouped)
     y = jax.nn.relu6(_BatchNorm(name="bn1")(y))
     w = self.param("project_conv", init, (mid, s.out), jnp.float32)
     y = _BatchNorm(name="bn2")(_pointwise(y, w.astype(self.dtype)))
@@ -162,9 +170,12 @@ class _MBConv(nn.Module):
 
 class EfficientNetLite(nn.Module):
   """EfficientNet-Lite backbone: images ``[n, H, W, 3]`` (normalised) -> pooled
-  features ``[n, 1280]``, or ImageNet logits ``[n, 1000]`` with ``include_top``."""
+  features ``[n, 1280]``, or ImageNet logits ``[n, 1000]`` with ``include_top``.
+  ``grouped_depthwise`` computes the depthwise layers as grouped convolutions
+  (same values; the natural form on GPU/TPU, slow on XLA:CPU)."""
   variant: str = "lite0"
   include_top: bool = False
+  grouped_depthwise: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -179,7 +190,7 @@ class EfficientNetLite(nn.Module):
     x = jax.nn.relu6(_BatchNorm(name="stem_bn")(x))
     specs = block_specs(self.variant)
     for i, spec in enumerate(specs):
-      x = _MBConv(spec, self.dtype, name=f"block{i}")(x)
+      x = _MBConv(spec, self.dtype, self.grouped_depthwise, name=f"block{i}")(x)
     head = self.param("head_conv", init, (specs[-1].out, 1280), jnp.float32)
     x = jax.nn.relu6(_BatchNorm(name="head_bn")(_pointwise(x, head.astype(self.dtype))))
     feats = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -6,7 +6,8 @@ is a bug and keeps its traceback under ``--debug``.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "TrainingError", "CodesFileError", "USER_ERRORS"]
+__all__ = ["ConfigError", "DataError", "TrainingError", "CodesFileError", "USER_ERRORS",
+           "describe"]
 
 
 class ConfigError(ValueError):
@@ -29,3 +30,16 @@ class CodesFileError(ValueError):
 # to the library's public functions; FileNotFoundError missing inputs).
 USER_ERRORS = (ConfigError, DataError, TrainingError, CodesFileError, ValueError,
                FileNotFoundError, KeyError)
+
+
+def describe(e: Exception, process_count: int = 1):
+  """``(one-line message, exit status)`` for an exception that ends a command:
+  2 for the user's errors (and a failed peer in a multi-process run), 1 for bugs."""
+  if process_count > 1 and type(e).__name__ == "JaxRuntimeError":
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return (f"another process of this {process_count}-process run stopped or failed ({first}); "
+            f"start the same command on every process again to resume from the newest "
+            f"checkpoint"), 2
+  if isinstance(e, USER_ERRORS):
+    return " ".join(str(e).split()), 2
+  return f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1

@@ -47,18 +47,32 @@ def make_encode_fn(config, mesh, output: str = "logits", images: bool = True) ->
   return jax.jit(encode, in_shardings=(repl, data), out_shardings=data)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) sharded array, whole, on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def encode_images(encode_fn, state, images: np.ndarray, mesh, batch_size: int = 512) -> np.ndarray:
   """Continuous hash outputs (pre-sign) ``[n, max_bits]`` float32 for all images,
-  in zero-padded batches of a multiple of the device count."""
+  in zero-padded batches of a multiple of the device count.
+
+  Every process holds all ``images``; each batch is split over every device of
+  every process, and the outputs are gathered back to every process.
+  """
   n_dev = mesh.devices.size
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  data = NamedSharding(mesh, P("data"))
   out = []
   for i in range(0, images.shape[0], batch_size):
     chunk = images[i:i + batch_size]
     rows = chunk.shape[0]
     if rows < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - rows,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(jax.device_get(encode_fn(state, chunk)))[:rows])
+    sharded = jax.make_array_from_callback(chunk.shape, data, lambda idx, c=chunk: c[idx])
+    out.append(_to_host(encode_fn(state, sharded))[:rows])
   return np.concatenate(out).astype(np.float32)
 
 
@@ -78,7 +92,8 @@ def _check_finite(name: str, emb: np.ndarray) -> None:
 
 
 def write_codes(workdir: str, bits: int, query_codes, db_codes, splits) -> None:
-  """``codes/{query,database}_<bits>bit.npz``: packed codes with labels, checksummed."""
+  """``codes/{query,database}_<bits>bit.npz``: packed codes with labels, checksummed;
+  and ``codes/database_<bits>bit.faiss``, the database as a faiss binary index."""
   cdir = os.path.join(workdir, "codes")
   os.makedirs(cdir, exist_ok=True)
   for split, codes, labels in (("query", query_codes, splits.query_labels),
@@ -86,6 +101,8 @@ def write_codes(workdir: str, bits: int, query_codes, db_codes, splits) -> None:
     retrieval.save_index(os.path.join(cdir, f"{split}_{bits}bit.npz"),
                          retrieval.pack_codes(codes), bits, labels=labels,
                          metadata={"split": split})
+  retrieval.save_faiss_index(os.path.join(cdir, f"database_{bits}bit.faiss"),
+                             retrieval.pack_codes(db_codes), bits)
 
 
 def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print,
@@ -93,7 +110,9 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
   """Encodes query and database and reports the standard metrics for every length.
 
   Returns ``{'top_k', 'quantizer', 'by_bits': {bits: metrics.evaluate_codes(...)}}``.
+  Files are written only by process 0.
   """
+  workdir = workdir if jax.process_index() == 0 else None
   encode_fn = encode_fn or make_encode_fn(config, mesh)  # pass one in to avoid recompiles
   q_emb = encode_images(encode_fn, state, splits.query_images, mesh)
   db_emb = encode_images(encode_fn, state, splits.db_images, mesh)
@@ -111,7 +130,7 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
     log(f"mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}  (P@H<=2 {r['p_at_h2']:.4f})")
     if workdir:
       write_codes(workdir, b, qc, dc, splits)
-  if workdir:
+  if workdir:  # only process 0 is given a workdir to write to
     np.savez(os.path.join(workdir, "codes", "embeddings.npz"), query=q_emb, database=db_emb,
              query_labels=splits.query_labels, database_labels=splits.db_labels)
     try:

@@ -31,7 +31,9 @@ def restore_trained(config, workdir: str):
                             f"(python main.py --config=... --workdir={workdir})")
   mesh = state_lib.make_mesh()
   size = config.dataset.image_size
-  state = state_lib.create_train_state(config, jax.random.PRNGKey(config.seed), (size, size, 3))
+  state = jax.device_put(
+      state_lib.create_train_state(config, jax.random.PRNGKey(config.seed), (size, size, 3)),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   state, step = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), state)
   if step is None:
     raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
@@ -99,6 +101,9 @@ def encode_mode(config, workdir, options):
   for b in lengths:
     path = out if len(lengths) == 1 else out.replace(".npz", f"_{b}bit.npz")
     retrieval.save_index(path, retrieval.pack_codes(emb[:, :b]), b)
+    if retrieval.save_faiss_index(path[:-len(".npz")] + ".faiss", retrieval.pack_codes(emb[:, :b]),
+                                  b):
+      path += " (and .faiss)"
     print(f"wrote {emb.shape[0]} {b}-bit codes to {path}")
 
 

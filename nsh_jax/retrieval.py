@@ -31,7 +31,7 @@ from nsh_jax.errors import CodesFileError
 
 __all__ = ["binarize", "pack_codes", "unpack_codes", "to_words", "label_sets",
            "hamming_distance", "search", "radius_counts", "save_index", "load_index",
-           "INDEX_FORMAT"]
+           "save_faiss_index", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "nsh-jax-index/1"
 
@@ -299,6 +299,27 @@ def save_index(path: str, packed, bits: int, ids=None, labels=None,
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def save_faiss_index(path: str, packed, bits: int) -> bool:
+  """Writes packed codes as a faiss ``IndexBinaryFlat`` (``faiss.read_index_binary``
+  reads it; its search gives the distances and ids of :func:`search`, ties by lower id).
+
+  Returns False (nothing written) when faiss is not installed or ``bits`` is not a
+  multiple of 8 (faiss's binary indexes need whole bytes).
+  """
+  try:
+    import faiss
+  except ImportError:
+    return False
+  if bits % 8:
+    return False
+  index = faiss.IndexBinaryFlat(bits)
+  index.add(np.ascontiguousarray(packed, np.uint8))
+  tmp = f"{path}.tmp-{os.getpid()}"
+  faiss.write_index_binary(index, tmp)
+  os.replace(tmp, path)
+  return True
 
 
 def load_index(path: str) -> dict:

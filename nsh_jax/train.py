@@ -136,11 +136,15 @@ def _write_eval_events(run: _Run, result: dict, step: int) -> None:
 
 
 def _restore(run: _Run, state):
+  # Replicated over the global mesh first, so that Orbax restores straight into
+  # that layout (with several processes, moving it afterwards would need
+  # cross-host transfers).
+  state = jax.device_put(state, NamedSharding(run.mesh, P()))
   state, step = checkpoints.restore_latest(run.manager, state, run.log)
   run.last_good = step
   if step is not None:
     run.log(f"resumed from checkpoint {step} in {run.manager.directory}")
-  return jax.device_put(state, NamedSharding(run.mesh, P()))
+  return state
 
 
 def _train_loop(run: _Run, state, encode_fn):
@@ -178,6 +182,43 @@ def _train_loop(run: _Run, state, encode_fn):
   return state
 
 
+def _header(run: _Run, start_step: int) -> None:
+  """What is about to run, before the first step."""
+  c, s = run.config, run.splits
+  shape = "x".join(str(d) for d in s.train_images.shape[1:3])
+  how = ("frozen, heads on cached features" if not run.inputs.images else
+         "frozen" if c.model.frozen else "trained")
+  lengths = "/".join(str(b) for b in state_lib.bit_list(c))
+  devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
+  if jax.process_count() > 1:
+    devices += f" in {jax.process_count()} processes"
+  resume = f" (resuming at step {start_step})" if start_step else ""
+  for line in (f"nsh-jax: {c.loss.name} on {c.dataset.name}",
+               f"  data      train {s.train_images.shape[0]:,} | query {s.query_images.shape[0]:,} | "
+               f"database {s.db_images.shape[0]:,} images ({shape}), {s.num_classes} classes",
+               f"  model     {c.model.backbone} ({how}) | codes {lengths} bits | input "
+               f"{c.dataset.image_size}px",
+               f"  training  {c.train.steps:,} steps x batch {c.train.batch_size} on {devices} | "
+               f"{c.train.optimizer} lr {c.train.learning_rate:g} | seed {c.seed}",
+               f"  work dir  {run.workdir}{resume}"):
+    run.log(line)
+
+
+def _summary(run: _Run, result: dict) -> None:
+  """One closing table: the model beside the reference baselines, then where the outputs are."""
+  lengths = state_lib.bit_list(run.config)
+  k = result["top_k"] or "all"
+  run.log(f"\nmAP@{k}".ljust(24) + "".join(f"{b}-bit".rjust(9) for b in lengths))
+  rows = [(f"model ({run.config.loss.name})", {b: result["by_bits"][b]["map"] for b in lengths})]
+  rows += list(result["baselines"].items())
+  rows.append(("model P@H<=2", {b: result["by_bits"][b]["p_at_h2"] for b in lengths}))
+  for name, values in rows:
+    run.log(name.ljust(23) + "".join(f"{values[b]:9.4f}" for b in lengths))
+  run.log(f"plots in {os.path.join(run.workdir, 'plots')}, codes (.npz and .faiss) in "
+          f"{os.path.join(run.workdir, 'codes')}, all numbers in "
+          f"{os.path.join(run.workdir, 'metrics.json')}")
+
+
 def _baseline_features(run: _Run, state, mesh):
   """Clean backbone features (train, query, database) for a pretrained backbone."""
   if run.inputs.features is not None or not run.config.model.pretrained:
@@ -203,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   # Compiled once for every evaluation.
   encode_fn = evaluation.make_encode_fn(config, run.mesh, images=inputs.images)
   t_start = time.time()
+  _header(run, int(state.step))
   if int(state.step) >= config.train.steps:
     log(f"training already finished at step {int(state.step)}; evaluating")
   state = _train_loop(run, state, encode_fn)
@@ -214,8 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   result["baselines"] = evaluation.baselines(config, splits, _baseline_features(run, state,
                                                                                run.mesh), log)
   result["history"] = run.history
+  _summary(run, result)
   _write_eval_events(run, result, int(config.train.steps))
   if run.writer:
     run.writer.close()
-  write_json(os.path.join(workdir, "metrics.json"), result)
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "metrics.json"), result)
   return result

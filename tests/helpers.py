@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import ROOT
 
 
@@ -15,3 +17,19 @@ def run_main(args, env_extra=None, timeout=600):
 TINY = ["--config=configs/default.py", "--config.train.batch_size=16",
         "--config.train.log_every=2", "--config.train.checkpoint_every=2",
         "--config.model.bit_list=(16,)", "--config.model.latent_dim=16", "--config.eval.top_k=100"]
+
+
+def checkpoint_params(workdir, step):
+  """``{path: array}`` of the params in checkpoint ``step`` of ``workdir``, as NumPy
+  arrays whatever device layout wrote it."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default"))
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  meta = getattr(meta, "tree", meta)
+  tree = ckptr.restore(path, restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
+  return {"/".join(str(k) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}

@@ -49,6 +49,8 @@ def test_depthwise_as_shifted_slices_equals_grouped_convolution(stride, kernel, 
   want = jax.lax.conv_general_dilated(x, w[:, :, None, :], (stride, stride), (pad, pad),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       feature_group_count=6)
+  np.testing.assert_allclose(np.asarray(efficientnet._depthwise(x, w, stride, pad, grouped=True)),
+                             np.asarray(want), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 

@@ -148,3 +148,20 @@ def test_index_roundtrip_and_corruption(tmp_path):
     retrieval.load_index(path)
   with pytest.raises(ValueError, match="not found"):
     retrieval.load_index(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("bits", [8, 16, 64])
+def test_faiss_export_searches_like_ours(tmp_path, bits):
+  """The exported IndexBinaryFlat gives retrieval.search's distances and ids (ties included)."""
+  faiss = pytest.importorskip("faiss")
+  rng = np.random.default_rng(bits)
+  db = retrieval.pack_codes(rng.normal(size=(3000, bits)))
+  q = retrieval.pack_codes(rng.normal(size=(200, bits)))
+  path = str(tmp_path / "db.faiss")
+  assert retrieval.save_faiss_index(path, db, bits)
+  index = faiss.read_index_binary(path)
+  dist, ids = index.search(q, 100)
+  want_d, want_i = retrieval.search(q, db, 100)
+  np.testing.assert_array_equal(dist, want_d)
+  np.testing.assert_array_equal(ids, want_i)
+  assert not retrieval.save_faiss_index(str(tmp_path / "odd.faiss"), db[:, :1], 7)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from helpers import TINY, run_main
+from helpers import TINY, checkpoint_params, run_main
 
 STEPS = 12
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
@@ -19,11 +19,7 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes here, then renames atomical
 
 
 def _final_params(workdir, step=STEPS):
-  import orbax.checkpoint as ocp
-  tree = ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default")))
-  return {"/".join(str(k) for k in path): np.asarray(v)
-          for path, v in __import__("jax").tree_util.tree_flatten_with_path(tree["params"])[0]}
+  return checkpoint_params(workdir, step)
 
 
 def _start(args):

@@ -324,8 +324,9 @@ def test_soft_sort_apply_tiny_rows(n):
   assert np.all(np.isfinite(np.asarray(g)))
 
 
-def test_nt_xent_matches_formula():
-  """losses.nt_xent (optax.losses.ntxent underneath) against SimCLR's formula, float64."""
+def test_nt_xent_matches_formula_and_optax():
+  """losses.nt_xent against SimCLR's formula (float64) and optax.losses.ntxent."""
+  import optax
   rng = np.random.default_rng(9)
   f1, f2 = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
   u = np.concatenate([f1, f2])
@@ -337,3 +338,6 @@ def test_nt_xent_matches_formula():
   want = np.mean(lse - logits[np.arange(12), pos])
   got = losses.nt_xent(jnp.asarray(f1, jnp.float32), jnp.asarray(f2, jnp.float32), 0.2)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  labels = np.concatenate([np.arange(6), np.arange(6)])
+  np.testing.assert_allclose(float(optax.losses.ntxent(jnp.asarray(u, jnp.float32), labels, 0.2)),
+                             want, rtol=1e-5)

@@ -91,6 +91,7 @@ def test_short_run_learns_and_resumes_after_kill(tmp_path):
     ("--config.train.batch_size=12", "divisible"),
     ("--config.loss.name=foo", "loss.name"),
     ("--config.dataset.name=npz:/nonexistent.npz", "not found"),
+    ("--config=configs/no_such_config.py", "No such file"),
 ])
 def test_bad_config_is_one_line(tmp_path, flag, expect):
   res = run_main(TINY + [flag, f"--workdir={tmp_path}"],
@@ -211,3 +212,16 @@ def test_long_prefix_config_is_the_measured_command():
   long = cifar_prefix_long.get_config()
   assert long.to_dict() == c.to_dict()
   config_checks.validate(long)
+
+
+def test_errors_are_described_in_one_line():
+  from nsh_jax import errors
+
+  class JaxRuntimeError(Exception):  # the name JAX's runtime errors carry
+    pass
+
+  msg, code = errors.describe(JaxRuntimeError("INTERNAL: Gloo all-to-all failed\n  at ..."), 2)
+  assert code == 2 and "another process of this 2-process run" in msg and "\n" not in msg
+  assert errors.describe(errors.ConfigError("bad\n  value"), 1) == ("bad value", 2)
+  assert errors.describe(RuntimeError("bug"), 1)[1] == 1
+  assert errors.describe(JaxRuntimeError("oom"), 1)[1] == 1  # one process: a bug, not a peer

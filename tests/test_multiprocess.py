@@ -1,0 +1,113 @@
+"""Multi-process training on CPU: 2 processes x 4 devices (gloo) against 1 process x 8 devices.
+
+Each process is main.py with --coordinator_address/--num_processes/--process_id on localhost.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from helpers import TINY, checkpoint_params
+
+STEPS = 12
+ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
+               "--config.model.latent_dim=8", "--config.train.checkpoint_every=2"]
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+              XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
+
+
+def _start(workdir, processes: int, port=None):
+  """Starts ``processes`` copies of main.py (``8 / processes`` devices each)."""
+  procs = []
+  for i in range(processes):
+    extra = ([f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+              f"--process_id={i}", "--heartbeat_timeout=10"] if processes > 1 else [])
+    procs.append(subprocess.Popen(
+        [sys.executable, "main.py"] + ARGS + [f"--workdir={workdir}"] + extra, cwd=ROOT,
+        env=_env(8 // processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _finish(procs, timeout=600):
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+def _metrics(workdir):
+  m = json.load(open(os.path.join(workdir, "metrics.json")))
+  return m, [h["loss"] for h in m["history"]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("mp")
+  one, two = str(base / "one"), str(base / "two")
+  _finish(_start(one, 1))
+  _finish(_start(two, 2, _port()))
+  return one, two
+
+
+def test_two_processes_match_one(runs):
+  one, two = runs
+  m1, l1 = _metrics(one)
+  m2, l2 = _metrics(two)
+  np.testing.assert_allclose(l2, l1, rtol=1e-4)
+  p1, p2 = checkpoint_params(one, STEPS), checkpoint_params(two, STEPS)
+  assert p1.keys() == p2.keys()
+  for k in p1:
+    np.testing.assert_allclose(p2[k], p1[k], rtol=1e-3, atol=1e-5, err_msg=k)
+  for b, r in m1["by_bits"].items():
+    assert m2["by_bits"][b]["map"] == pytest.approx(r["map"], abs=1e-4)
+    assert m2["by_bits"][b]["p_at_h2"] == pytest.approx(r["p_at_h2"], abs=1e-4)
+  assert m2["baselines"] == m1["baselines"]
+  # One process writes the files.
+  assert os.path.exists(os.path.join(two, "codes", "database_16bit.npz"))
+  assert len([f for f in os.listdir(os.path.join(two, "tensorboard"))
+              if f.startswith("events")]) == 1
+
+
+def test_killed_process_stops_the_other_and_both_resume(runs, tmp_path):
+  _, two = runs
+  workdir, port = str(tmp_path / "run"), _port()
+  procs = _start(workdir, 2, port)
+  ckpt = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= 4 for d in os.listdir(ckpt)):
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait()
+  t_kill = time.time()
+  out, err = procs[0].communicate(timeout=180)
+  assert procs[0].returncode != 0, "the survivor finished without its peer"
+  lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+  assert lines and lines[-1].startswith("error:"), err[-2000:]
+  assert time.time() - t_kill < 120
+  # The same command on both processes resumes from the newest checkpoint and finishes.
+  outs = _finish(_start(workdir, 2, _port()))
+  assert "resumed from checkpoint" in outs[0][0]
+  want, got = checkpoint_params(two, STEPS), checkpoint_params(workdir, STEPS)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
