@@ -38,7 +38,7 @@ def main():
     c.dataset.image_size, c.features.views = size, 0
     c.features.cache_dir = tempfile.mkdtemp(prefix="nsh_res_")
     splits = input_pipeline.load(c)
-    variables, digest = train._backbone_variables(c)
+    variables, digest = train.backbone_variables(c)
     t = time.time()
     fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
     rate = (fs.train.shape[0] + fs.query.shape[0]) / (time.time() - t)

@@ -54,7 +54,7 @@ def posthoc(seeds):
   c = cifar_prefix_pretrained.get_config()
   os.chdir(ROOT)
   splits = input_pipeline.load(c)
-  variables, digest = train._backbone_variables(c)
+  variables, digest = train.backbone_variables(c)
   fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
   rows = {}
   for name in ("itq", "h2q", "lsh"):

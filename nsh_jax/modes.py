@@ -15,7 +15,7 @@ import numpy as np
 
 from nsh_jax import (checkpoints, config_checks, evaluation, householder, input_pipeline, metrics,
                      retrieval, state as state_lib, train)
-from nsh_jax.errors import DataError
+from nsh_jax.errors import ConfigError, DataError
 from nsh_jax.files import write_json
 from nsh_jax.registry import Registry
 
@@ -24,15 +24,17 @@ __all__ = ["MODES", "restore_trained", "load_images"]
 MODES = Registry("mode")
 
 
-def restore_trained(config, workdir: str):
-  """``(state, mesh)`` from the newest readable checkpoint of a trained ``workdir``."""
+def restore_trained(config, workdir: str, input_shape=None, backbone=None):
+  """``(state, mesh)`` from the newest readable checkpoint of a trained ``workdir``
+  (``input_shape``/``backbone`` as :func:`train.model_inputs` gives them)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first "
                             f"(python main.py --config=... --workdir={workdir})")
   mesh = state_lib.make_mesh()
   size = config.dataset.image_size
   state = jax.device_put(
-      state_lib.create_train_state(config, jax.random.PRNGKey(config.seed), (size, size, 3)),
+      state_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
+                                   input_shape or (size, size, 3), backbone),
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   state, step = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), state)
   if step is None:
@@ -61,14 +63,24 @@ def _has_images(path: str) -> bool:
 
 
 def _splits_and_trained(config, workdir: str):
-  """``(splits, state, mesh)`` for a mode that evaluates a trained ``workdir``."""
+  """``(eval splits, state, mesh, encode_fn)`` for a mode that evaluates a trained
+  ``workdir``: on images, or on the feature cache when training used it."""
   config_checks.validate(config, jax.device_count())
-  splits = input_pipeline.load(config)
-  state, mesh = restore_trained(config, workdir)
-  return splits, state, mesh
+  inputs = train.model_inputs(config, input_pipeline.load(config))
+  state, mesh = restore_trained(config, workdir, inputs.shape, inputs.backbone)
+  return (inputs.eval_splits, state, mesh,
+          evaluation.make_encode_fn(config, mesh, images=inputs.images))
+
+
+def _require_backbone_in_model(config) -> None:
+  if config.features.views:
+    raise ConfigError("encoding new images needs the backbone in the model; this run trained "
+                      "heads on cached features (features.views > 0), so encode/search by "
+                      "images is not supported for it yet: use its codes/ files")
 
 
 def _encode(config, workdir, images) -> np.ndarray:
+  _require_backbone_in_model(config)
   state, mesh = restore_trained(config, workdir)
   return evaluation.encode_images(evaluation.make_encode_fn(config, mesh), state, images, mesh)
 
@@ -83,15 +95,16 @@ def train_mode(config, workdir, options):
 @MODES.register("evaluate")
 def evaluate_mode(config, workdir, options):
   del options
-  splits, state, mesh = _splits_and_trained(config, workdir)
+  splits, state, mesh, encode = _splits_and_trained(config, workdir)
   write_json(os.path.join(workdir, "metrics.json"),
-             evaluation.evaluate(config, state, splits, mesh, workdir=workdir))
+             evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode))
   print(f"wrote {workdir}/metrics.json and plots in {workdir}/plots")
 
 
 @MODES.register("encode")
 def encode_mode(config, workdir, options):
   config_checks.validate(config, jax.device_count())
+  _require_backbone_in_model(config)
   images = (load_images(options["input"]) if options.get("input")
             else input_pipeline.load(config).db_images)
   emb = _encode(config, workdir, images)
@@ -135,8 +148,7 @@ def search_mode(config, workdir, options):
 def quantize_mode(config, workdir, options):
   """Sign vs ITQ vs H2Q on the trained model's continuous outputs, one table row per length."""
   del options
-  splits, state, mesh = _splits_and_trained(config, workdir)
-  encode = evaluation.make_encode_fn(config, mesh)
+  splits, state, mesh, encode = _splits_and_trained(config, workdir)
   tr, qe, de = (evaluation.encode_images(encode, state, x, mesh)
                 for x in (splits.train_images, splits.query_images, splits.db_images))
   top_k = config.eval.top_k or None

@@ -25,7 +25,7 @@ from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, los
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import write_json
 
-__all__ = ["train_and_evaluate", "format_duration"]
+__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -66,7 +66,7 @@ class _Run:
   history: list = dataclasses.field(default_factory=list)
 
 
-def _backbone_variables(config):
+def backbone_variables(config):
   """The frozen backbone's pretrained variables and their digest (for the cache key)."""
   import hashlib
   size = config.dataset.image_size
@@ -79,12 +79,14 @@ def _backbone_variables(config):
   return variables, h.hexdigest()[:16]
 
 
-def _inputs(config, splits, log) -> _Inputs:
+def model_inputs(config, splits, log=print) -> _Inputs:
+  """What the encoder reads for ``config``: the images, or (``features.views > 0``) the
+  feature cache, extracted on first use."""
   size = config.dataset.image_size
   if not config.features.views:
     return _Inputs(splits.train_images, splits, step_lib.image_views(config), True,
                    (size, size, 3))
-  variables, digest = _backbone_variables(config)
+  variables, digest = backbone_variables(config)
   fs = feature_cache.load_or_extract(config, splits, variables, digest, log)
   eval_splits = dataclasses.replace(splits, train_images=fs.train, query_images=fs.query,
                                     db_images=fs.database)
@@ -236,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   """
   os.makedirs(workdir, exist_ok=True)
   splits = input_pipeline.load(config)
-  inputs = _inputs(config, splits, log)
+  inputs = model_inputs(config, splits, log)
   run = _Run(config, workdir, splits, inputs, state_lib.make_mesh(),
              checkpoints.checkpoint_manager(workdir, config), _summary_writer(workdir), log)
   state = _restore(run, state_lib.create_train_state(

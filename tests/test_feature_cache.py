@@ -1,0 +1,92 @@
+"""The frozen-backbone feature cache: views drawn from it, chunked resumable extraction, a run on it."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helpers import run_main
+
+
+def _config(cache_dir, views=2):
+  from configs import cifar_prefix_pretrained
+  c = cifar_prefix_pretrained.get_config()
+  c.dataset.image_size, c.features.views, c.features.chunk = 32, views, 8
+  c.features.cache_dir = str(cache_dir)
+  return c
+
+
+def _splits(n=20, q=6, seed=0):
+  from nsh_jax import input_pipeline
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 255, (n + q, 32, 32, 3)).astype(np.uint8)
+  y = rng.integers(0, 2, n + q).astype(np.int32)
+  train, labels = x[:n], y[:n]
+  return input_pipeline.Splits(train, labels, x[n:], y[n:], train, labels, 2)
+
+
+def test_cached_views_are_two_distinct_views_per_example():
+  from configs import default
+  from nsh_jax import step
+  k_views, n = 5, 64
+  feats = jnp.broadcast_to(jnp.arange(k_views, dtype=jnp.float32)[None, :, None], (n, k_views, 3))
+  x = step.cached_views(default.get_config())(jax.random.PRNGKey(0), feats, jnp.arange(n))
+  first, second = np.asarray(x[:n, 0]), np.asarray(x[n:, 0])
+  assert np.all(first != second) and set(first) | set(second) <= set(range(k_views))
+  assert len(set(zip(first, second))) > 10  # many different pairs, not one fixed pair
+  again = step.cached_views(default.get_config())(jax.random.PRNGKey(0), feats, jnp.arange(n))
+  np.testing.assert_array_equal(np.asarray(again), np.asarray(x))
+
+
+def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
+  from nsh_jax import feature_cache, train
+  c, splits = _config(tmp_path), _splits()
+  variables, digest = train.backbone_variables(c)
+  logs = []
+  fs = feature_cache.load_or_extract(c, splits, variables, digest, logs.append)
+  assert fs.train_views.shape == (20, 2, 1280) and fs.query.shape == (6, 1280)
+  assert fs.database is fs.train  # the prefix protocol: database = train, extracted once
+  assert not np.allclose(fs.train_views[:, 0], fs.train_views[:, 1])  # two different views
+  assert any("images/s" in line for line in logs)
+  # The clean features are the backbone's on the resized images.
+  from nsh_jax import augment, models
+  x = augment.normalize(augment.resize(augment.to_unit(splits.query_images), 32), "lite")
+  want = models.BackboneOnly(c.model.backbone).apply(variables, x)
+  np.testing.assert_allclose(fs.query, np.asarray(want), rtol=1e-5, atol=1e-5)
+  # A killed extraction: one chunk and the manifest missing.  Only that chunk is recomputed.
+  os.remove(os.path.join(fs.path, "manifest.json"))
+  os.remove(os.path.join(fs.path, "view1_00001.npy"))
+  kept = os.path.getmtime(os.path.join(fs.path, "view0_00001.npy"))
+  again = feature_cache.load_or_extract(c, splits, variables, digest, logs.append)
+  np.testing.assert_array_equal(again.train_views, fs.train_views)
+  assert os.path.getmtime(os.path.join(fs.path, "view0_00001.npy")) == kept
+  assert os.path.exists(os.path.join(fs.path, "manifest.json"))
+  # Another K or seed is another cache; the same ones reuse it.
+  c.features.views = 3
+  other = feature_cache.load_or_extract(c, splits, variables, digest, logs.append)
+  assert other.path != fs.path and other.train_views.shape[1] == 3
+
+
+def test_training_on_the_cache_end_to_end(tmp_path):
+  rng = np.random.default_rng(1)
+  data = str(tmp_path / "d.npz")
+  np.savez(data, train_images=rng.integers(0, 255, (48, 32, 32, 3)).astype(np.uint8),
+           train_labels=rng.integers(0, 3, 48),
+           test_images=rng.integers(0, 255, (8, 32, 32, 3)).astype(np.uint8),
+           test_labels=rng.integers(0, 3, 8))
+  args = ["--config=configs/cifar_prefix_pretrained.py", f"--config.dataset.name=npz:{data}",
+          "--config.dataset.image_size=32", "--config.features.views=2",
+          f"--config.features.cache_dir={tmp_path / 'cache'}", "--config.train.steps=4",
+          "--config.train.batch_size=16", "--config.train.log_every=2",
+          "--config.train.checkpoint_every=2", "--config.model.bit_list=(16,)",
+          "--config.model.head_hidden=32", "--config.eval.top_k=10"]
+  res = run_main(args + [f"--workdir={tmp_path / 'a'}"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "features: extracting" in res.stdout and "itq-features mAP@10 16-bit:" in res.stdout
+  m = json.load(open(tmp_path / "a" / "metrics.json"))
+  assert set(m["baselines"]) == {"itq-features", "lsh-features", "itq-pixels", "lsh-pixels"}
+  res = run_main(args + [f"--workdir={tmp_path / 'b'}", "--config.seed=1"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "features: reusing the cache" in res.stdout
