@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nsh_jax import augment, models
+from nsh_jax.files import digest_arrays, format_duration
 
 __all__ = ["FeatureSet", "cache_dir", "cache_key", "extract", "load_or_extract"]
 
@@ -59,15 +60,6 @@ def cache_dir(config) -> str:
                             or os.path.join("~", ".cache", "nsh-jax", "features"))
 
 
-def _digest_arrays(*arrays) -> str:
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.dtype, a.shape)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
 def cache_key(config, splits, weights_digest: str) -> Dict:
   """Everything the cached features depend on (its digest names the folder)."""
   ds = config.dataset
@@ -75,7 +67,7 @@ def cache_key(config, splits, weights_digest: str) -> Dict:
           "image_size": int(ds.image_size), "normalization": ds.normalization,
           "augmentation": {k: float(ds[k]) for k in _AUG_KEYS},
           "views": int(config.features.views), "seed": int(config.features.seed),
-          "data": _digest_arrays(splits.train_images, splits.query_images, splits.db_images),
+          "data": digest_arrays(splits.train_images, splits.query_images, splits.db_images),
           "format": 1}
 
 
@@ -95,7 +87,6 @@ class _Progress:
     self.last = self.t0
 
   def advance(self, images: int, computed: bool) -> None:
-    from nsh_jax.train import format_duration  # the one duration format
     self.done += images
     if not computed:
       return

@@ -1,11 +1,31 @@
-"""Small file helpers shared by the trainer, the evaluator and the command modes."""
+"""Small helpers shared by the trainer, the feature cache, the evaluator and the command modes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
-__all__ = ["write_json"]
+import numpy as np
+
+__all__ = ["write_json", "digest_arrays", "format_duration"]
+
+
+def digest_arrays(*arrays, length: int = 16) -> str:
+  """Hex SHA-256 (first ``length`` characters) of arrays' dtypes, shapes and bytes."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:length]
+
+
+def format_duration(seconds: float) -> str:
+  """``'1h02m'`` from an hour on, else ``'3m07s'``."""
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def write_json(path: str, obj) -> None:

@@ -17,21 +17,14 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, losses, models, optim,
                      state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
-from nsh_jax.files import write_json
+from nsh_jax.files import digest_arrays, format_duration, write_json
 
-__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "format_duration"]
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
+__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables"]
 
 
 @dataclasses.dataclass
@@ -68,15 +61,11 @@ class _Run:
 
 def backbone_variables(config):
   """The frozen backbone's pretrained variables and their digest (for the cache key)."""
-  import hashlib
   size = config.dataset.image_size
   variables = models.BackboneOnly(config.model.backbone).init(
       jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
   variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(variables):
-    h.update(np.asarray(leaf).tobytes())
-  return variables, h.hexdigest()[:16]
+  return variables, digest_arrays(*jax.tree.leaves(variables))
 
 
 def model_inputs(config, splits, log=print) -> _Inputs:
