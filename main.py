@@ -32,8 +32,32 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.",
-                                lock_config=True)
+
+
+def _bad_flag(e: Exception, argv) -> None:
+  """A bad key, value or config path: one line and exit 2, not a traceback."""
+  if isinstance(e, OSError):  # a missing or unreadable config file
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    print(f"error: cannot load the config file (--config): {lines[-1]}", file=sys.stderr)
+    sys.exit(2)
+  text = str(e).replace("\\n", "\n").replace("\\'", "'")
+  if "Traceback (most recent call last)" in text:  # an error raised inside the config file
+    text = [ln for ln in text.splitlines() if ln.strip()][-1]
+  msg = " ".join(text.split()).strip("'\"")
+  if "Did you mean" in msg:  # ml_collections' unknown-key message, without its quoting
+    msg = "no such key. " + msg[msg.index("Did you mean"):]
+  given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]
+  where = f" (in {', '.join(given)})" if given else ""
+  print(f"error: bad command-line flag{where}: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+try:
+  config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.",
+                                  lock_config=True)
+except Exception as e:  # pylint: disable=broad-except
+  # Without --config= the default file loads here, with any --config.* overrides.
+  _bad_flag(e, sys.argv)
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, events, codes, plots.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "encode", "search", "quantize"],
                   "What to do.")
@@ -96,17 +120,8 @@ def _parse_flags(argv):
     argv = FLAGS(argv)
     FLAGS.config.keys()  # the file loads lazily (an error placeholder raises on use): load here
     return argv
-  except OSError as e:  # a missing or unreadable config file
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    print(f"error: cannot load the config file (--config): {lines[-1]}", file=sys.stderr)
-    sys.exit(2)
-  except Exception as e:  # ml_collections raises AttributeError/ValueError/TypeError
-    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
-    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]
-    where = f" (in {', '.join(given)})" if given else ""
-    print(f"error: bad command-line flag{where}: {msg}", file=sys.stderr)
-    sys.exit(2)
-
+  except Exception as e:  # ml_collections raises OSError/AttributeError/ValueError/TypeError
+    _bad_flag(e, argv)
 
 if __name__ == "__main__":
   app.run(main, flags_parser=_parse_flags)

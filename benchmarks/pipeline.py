@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from configs import default  # noqa: E402
+from configs import base  # noqa: E402
 from nsh_jax import input_pipeline, state as state_lib, step as step_lib  # noqa: E402
 from nsh_jax import xla_cpu  # noqa: E402
 
@@ -53,7 +53,7 @@ def main():
   print("| batch | real pipeline (steps/s) | one pre-made device batch (steps/s) | ratio |")
   print("|---|---|---|---|")
   for batch in args.batches:
-    c = default.get_config()
+    c = base.get_config()
     c.dataset.name, c.train.batch_size = args.dataset, batch
     splits = input_pipeline.load(c)
     mesh = state_lib.make_mesh()

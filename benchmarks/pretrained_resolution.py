@@ -43,7 +43,7 @@ def main():
     fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
     rate = (fs.train.shape[0] + fs.query.shape[0]) / (time.time() - t)
     res = evaluation.baselines(c, splits, (fs.train, fs.query, fs.database), log=lambda *a: None)
-    row = lambda name: " / ".join(f"{res[name][b]:.3f}" for b in (16, 32, 64))
+    row = lambda name: " / ".join(f"{res[name][b]['map']:.3f}" for b in (16, 32, 64))
     print(f"| {size} | {rate:.0f} | {row('itq-features')} | {row('lsh-features')} |", flush=True)
 
 

@@ -69,7 +69,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import conv_layers  # noqa: E402
-from configs import default  # noqa: E402
+from configs import base  # noqa: E402
 from nsh_jax import models, state as state_lib, step as step_lib, xla_cpu  # noqa: E402
 
 xla_cpu.apply_defaults()  # as main.py does: this script is an entry point
@@ -92,7 +92,7 @@ def cpu_model():
 
 
 def config_for(batch):
-  c = default.get_config()
+  c = base.get_config()
   c.model.bit_list, c.model.latent_dim, c.train.batch_size = (BITS,), LATENT, batch
   c.loss.num_positives, c.loss.temperature = M, TEMP
   return c
@@ -222,7 +222,7 @@ def torch_side():
     torch.manual_seed(0)
     model = Encoder()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    cfg = default.get_config()
+    cfg = base.get_config()
 
     def step(v1, v2):
       codes, lat = model(torch.cat([v1, v2]))

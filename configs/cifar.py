@@ -5,11 +5,11 @@ Needs internet once (TFDS download and the Keras VGG16 weights).  Reported by th
 paper at 16/32/64 bits: .706 / .733 / .756.
 """
 
-from configs import default
+from configs import base
 
 
 def get_config():
-  config = default.get_config()
+  config = base.get_config()
   config.dataset.name = "cifar10"
   config.dataset.download = True
   config.dataset.image_size = 224

@@ -5,11 +5,11 @@ training set; mAP@1000.  Settings found by the experiments in docs/training.md
 (about 5 minutes on 2 CPU cores).
 """
 
-from configs import default
+from configs import base
 
 
 def get_config():
-  config = default.get_config()
+  config = base.get_config()
   config.dataset.name = "npz:../shared/data/cifar10_prefix.npz"
   config.dataset.min_scale = 0.3
   config.train.steps = 300
@@ -24,7 +24,7 @@ def get_config():
   config.loss.instance_weight = 1.0
   config.loss.code_instance_weight = 1.0
   config.loss.sorted_warmup_steps = 150
-  # 0.1 rather than default.py's 0.3: it lifts every method here by about 0.01
+  # 0.1 rather than base.py's 0.3: it lifts every method here by about 0.01
   # at 64 bits (3 seeds each, docs/training.md); the baselines in
   # benchmarks/quality.py inherit it, so the comparison stays like for like.
   config.loss.temperature = 0.1

@@ -8,11 +8,11 @@ measurement (docs/pretrained.md); every run also prints ITQ/LSH on the same feat
 and on pixels.
 """
 
-from configs import default
+from configs import base
 
 
 def get_config():
-  config = default.get_config()
+  config = base.get_config()
   config.dataset.name = "npz:../shared/data/cifar10_prefix.npz"
   config.dataset.image_size = 160
   config.dataset.normalization = "lite"

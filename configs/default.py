@@ -1,93 +1,26 @@
-"""Offline default: scikit-learn's bundled digits (32x32 RGB), small CNN, NSH, 64 bits.
+"""The first run: scikit-learn's bundled digits, a small CNN trained from scratch,
+NSH with its instance terms, 16/32/64-bit codes (one nested head), ITQ on the
+learned hash layer.  Needs no download; about 2.5 minutes on a 2-core CPU.
 
-Needs no download; trains on a 2-core CPU in a few minutes.
+``--config=configs/default.py:PRESET`` picks the augmentation preset of
+``base.AUGMENTATIONS``: ``digits`` (the default: crops, no flips, no colour
+jitter) or ``natural`` (photos: MoCo-v2).  What each choice is worth, with the
+ablations and three seeds, is in docs/first_run.md.
 """
 
-import ml_collections
+from configs import base
 
 
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "digits"
-  config.dataset.data_dir = ""
-  config.dataset.download = False
-  config.dataset.image_size = 32
-  config.dataset.normalization = "imagenet"
-  # Augmentation (MoCo-v2 style; see nsh_jax/augment.py).
-  config.dataset.min_scale = 0.5
-  config.dataset.brightness = 0.4
-  config.dataset.contrast = 0.4
-  config.dataset.saturation = 0.4
-  config.dataset.hue = 0.1
-  config.dataset.jitter_prob = 0.8
-  config.dataset.gray_prob = 0.2
-  config.dataset.flip = 0.5  # probability of a horizontal flip
-
-  config.model = ml_collections.ConfigDict()
-  config.model.backbone = "small_cnn"
-  config.model.pretrained = False
-  config.model.frozen = False
-  # Code lengths; several = one head emitting prefixes (NHL), e.g. (16, 32, 64).
-  config.model.bit_list = (64,)
-  config.model.latent_dim = 128
-  # Hidden width of the hash and latent heads (0: each head is one linear layer).
-  config.model.head_hidden = 0
-  config.model.bf16 = False
-
-  # Frozen-backbone feature cache (nsh_jax/feature_cache.py): K > 0 augmented
-  # views per training image are extracted once and the heads train on them
-  # (needs model.frozen and model.pretrained); 0 runs the backbone every step.
-  config.features = ml_collections.ConfigDict()
-  config.features.views = 0
-  config.features.seed = 0
-  config.features.chunk = 256
-  config.features.cache_dir = ""  # "" = $NSH_JAX_CACHE or ~/.cache/nsh-jax/features
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = "nsh"
-  config.loss.num_positives = 2
-  config.loss.temperature = 0.3
-  # SoftSort temperature in Hamming bits (tau_s * d); 1.0 = one bit.
-  config.loss.sort_temperature = 1.0
-  config.loss.sort_temperature_start = 0.0  # 0: no annealing
-  config.loss.sort_anneal_steps = 0
-  config.loss.sorter = "softsort"
-  # Sort by sign codes (straight-through) instead of relaxed tanh codes.
-  config.loss.straight_through = True
-  # NT-Xent between the two views' latents, added to SortedNCE (0: pure NSH).
-  config.loss.instance_weight = 0.0
-  # NT-Xent between the two views' straight-through sign codes (0: pure NSH).
-  config.loss.code_instance_weight = 0.0
-  # Weight of SortedNCE (0 leaves only the instance terms: the no-sort control).
-  config.loss.sorted_weight = 1.0
-  # SortedNCE weight ramps linearly from 0 to 1 over these steps (0: always 1).
-  config.loss.sorted_warmup_steps = 0
-  config.loss.quant_weight = 0.1
-  # Bit balance mean_k(mean_i b_ik)^2: keeps codes from collapsing from scratch.
-  config.loss.balance_weight = 1.0
-  config.loss.distill_weight = 0.0  # NHL cascade distillation (nested runs)
-  config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
-
-  config.train = ml_collections.ConfigDict()
-  config.train.steps = 300
-  config.train.batch_size = 64
-  config.train.optimizer = "adamw"
-  config.train.learning_rate = 1e-3
-  config.train.final_lr_fraction = 0.05
-  config.train.weight_decay = 1e-4
-  config.train.grad_clip = 1.0
-  config.train.warmup_steps = 30
-  config.train.log_every = 25
-  config.train.eval_every = 0  # 0: evaluate at the end only
-  config.train.checkpoint_every = 50
-  config.train.keep_checkpoints = 3
-  config.train.on_nonfinite = "stop"  # or "skip"
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.top_k = 1000  # 0 = the whole database (mAP@all)
-
-  config.quantizer = "sign"
+def get_config(preset: str = "digits"):
+  config = base.augmentation(base.get_config(), preset)
+  config.model.bit_list = (16, 32, 64)
+  # From scratch the codes rank candidates at random, so SortedNCE alone has no
+  # anchor: the two views as explicit positives (latents and sign codes) give it one.
+  config.loss.instance_weight = 1.0
+  config.loss.code_instance_weight = 1.0
+  # The learned hash layer, rotated by ITQ onto its signs (fitted on the training split).
+  config.quantizer = "itq"
+  config.train.steps = 900
+  config.train.checkpoint_every = 150
+  config.train.log_every = 75
   return config

@@ -4,7 +4,9 @@ For every code length of the config: codes from ``config.quantizer`` (sign of
 the hash head, or a post-hoc H2Q/ITQ/LSH rotation fitted on the training
 split), then mAP@k, P@H<=2, P@N and the PR curve (:func:`metrics.evaluate_codes`).
 Prints ``mAP@<k> <bits>-bit: <value>`` per length; with a work dir also writes
-the codes (checksummed ``.npz`` indexes), the continuous embeddings and plots.
+the codes (checksummed ``.npz`` indexes and faiss binary indexes), the
+continuous embeddings, the fitted quantizer (``codes/quantizer.npz``, so that
+``--mode=encode``/``search`` code new images as the database was coded) and plots.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nsh_jax import augment, householder, metrics, retrieval
-from nsh_jax.errors import TrainingError
+from nsh_jax.errors import DataError, TrainingError
 from nsh_jax.state import bit_list
 
 __all__ = ["make_encode_fn", "encode_images", "quantize_codes", "evaluate", "write_codes",
-           "baselines", "BASELINE_QUANTIZERS"]
+           "baselines", "BASELINE_QUANTIZERS", "save_quantizers", "codes_for"]
 
 # Reference baselines every run reports beside the model, on the same split.
 BASELINE_QUANTIZERS = ("itq", "lsh")
@@ -77,10 +79,41 @@ def encode_images(encode_fn, state, images: np.ndarray, mesh, batch_size: int = 
 
 
 def quantize_codes(config, train_emb, query_emb, db_emb, bits: int):
-  """Codes of one length under ``config.quantizer`` (sign, or a post-hoc rotation)."""
+  """``(query codes, database codes, quantizer)`` of one length under
+  ``config.quantizer`` (sign, or a post-hoc rotation fitted on ``train_emb``)."""
   q = householder.fit(config.quantizer, (query_emb if train_emb is None else train_emb)[:, :bits],
                       bits=None if config.quantizer == "sign" else bits, seed=config.seed)
-  return householder.apply(q, query_emb[:, :bits]), householder.apply(q, db_emb[:, :bits])
+  return householder.apply(q, query_emb[:, :bits]), householder.apply(q, db_emb[:, :bits]), q
+
+
+def _quantizer_path(workdir: str) -> str:
+  return os.path.join(workdir, "codes", "quantizer.npz")
+
+
+def save_quantizers(workdir: str, quantizers: dict) -> None:
+  """``codes/quantizer.npz``: ``name`` and, per length ``b``, ``mean_<b>`` and ``projection_<b>``."""
+  arrays = {"name": np.array(next(iter(quantizers.values()))["name"])}
+  for b, q in quantizers.items():
+    arrays[f"mean_{b}"], arrays[f"projection_{b}"] = q["mean"], q["projection"]
+  os.makedirs(os.path.dirname(_quantizer_path(workdir)), exist_ok=True)
+  np.savez(_quantizer_path(workdir), **arrays)
+
+
+def codes_for(config, workdir: str, embeddings: np.ndarray, bits: int) -> np.ndarray:
+  """Real-valued codes ``[n, bits]`` (signs = the binary codes) of new embeddings, with the
+  quantizer the run's evaluation fitted (``config.quantizer = 'sign'``: the head's own signs)."""
+  if config.quantizer == "sign":
+    return embeddings[:, :bits]
+  path = _quantizer_path(workdir)
+  if not os.path.exists(path):
+    raise DataError(f"{path} not found: this run codes with quantizer '{config.quantizer}', "
+                    f"fitted when it is evaluated; run --mode=evaluate on {workdir} first")
+  with np.load(path) as f:
+    if str(f["name"]) != config.quantizer or f"mean_{bits}" not in f.files:
+      raise DataError(f"{path} holds a '{f['name']}' quantizer without {bits} bits; the config "
+                      f"asks for '{config.quantizer}': run --mode=evaluate on {workdir} again")
+    q = {"name": str(f["name"]), "mean": f[f"mean_{bits}"], "projection": f[f"projection_{bits}"]}
+  return householder.apply(q, embeddings[:, :bits])
 
 
 def _check_finite(name: str, emb: np.ndarray) -> None:
@@ -106,10 +139,12 @@ def write_codes(workdir: str, bits: int, query_codes, db_codes, splits) -> None:
 
 
 def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print,
-             encode_fn: Optional[Callable] = None) -> dict:
+             encode_fn: Optional[Callable] = None, reference: Optional[tuple] = None) -> dict:
   """Encodes query and database and reports the standard metrics for every length.
 
-  Returns ``{'top_k', 'quantizer', 'by_bits': {bits: metrics.evaluate_codes(...)}}``.
+  Returns ``{'top_k', 'quantizer', 'by_bits': {bits: metrics.evaluate_codes(...)}}``;
+  with ``reference = (image_splits, features or None)`` also ``'baselines'``
+  (:func:`baselines`, logged after the model's lines and drawn in its plots).
   Files are written only by process 0.
   """
   workdir = workdir if jax.process_index() == 0 else None
@@ -123,29 +158,38 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
     train_emb = encode_images(encode_fn, state, splits.train_images, mesh)
   top_k = config.eval.top_k or None
   result = {"top_k": top_k, "quantizer": config.quantizer, "by_bits": {}}
+  quantizers = {}
   for b in bit_list(config):
-    qc, dc = quantize_codes(config, train_emb, q_emb, db_emb, b)
+    qc, dc, quantizers[b] = quantize_codes(config, train_emb, q_emb, db_emb, b)
     r = metrics.evaluate_codes(qc, dc, splits.query_labels, splits.db_labels, top_k)
     result["by_bits"][b] = r
     log(f"mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}  (P@H<=2 {r['p_at_h2']:.4f})")
     if workdir:
       write_codes(workdir, b, qc, dc, splits)
+  curves = {}
+  if reference is not None:
+    curves = baselines(config, reference[0], reference[1], log)
+    result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
   if workdir:  # only process 0 is given a workdir to write to
     np.savez(os.path.join(workdir, "codes", "embeddings.npz"), query=q_emb, database=db_emb,
              query_labels=splits.query_labels, database_labels=splits.db_labels)
+    if config.quantizer != "sign":
+      save_quantizers(workdir, quantizers)
     try:
       from nsh_jax import plots
-      plots.write_all(os.path.join(workdir, "plots"), result, q_emb, splits.query_labels)
+      plots.write_all(os.path.join(workdir, "plots"), result, q_emb, splits.query_labels,
+                      baselines=curves)
     except Exception as e:  # plotting must never lose a finished run's metrics
       log(f"warning: plots not written ({type(e).__name__}: {e})")
   return result
 
 
 def baselines(config, splits, features=None, log=print) -> dict:
-  """``{'<quantizer>-<source>': {bits: mAP@k}}`` for ITQ and LSH fitted on the training
-  split of raw pixels (``'pixels'``, flattened, scaled to [0, 1]) and, when
-  ``features = (train, query, database)`` is given, on a frozen backbone's clean
-  features (``'features'``).  Logs ``<name> mAP@<k> <bits>-bit: <value>`` per length.
+  """``{'<quantizer>-<source>': {bits: metrics.evaluate_codes(...)}}`` for ITQ and LSH
+  fitted on the training split of raw pixels (``'pixels'``, flattened, scaled to
+  [0, 1]) and, when ``features = (train, query, database)`` is given, on a frozen
+  backbone's clean features (``'features'``).  Logs ``<name> mAP@<k> <bits>-bit:
+  <value>`` per length.
   """
   top_k = config.eval.top_k or None
   pixels = lambda x: np.asarray(x, np.float32).reshape(x.shape[0], -1) / 255.0
@@ -159,8 +203,8 @@ def baselines(config, splits, features=None, log=print) -> dict:
       out[key] = {}
       for b in bit_list(config):
         q = householder.fit(name, train, bits=min(b, train.shape[1]), seed=config.seed)
-        out[key][b] = metrics.mean_average_precision(
+        out[key][b] = metrics.evaluate_codes(
             householder.apply(q, query), householder.apply(q, db), splits.query_labels,
             splits.db_labels, top_k)
-        log(f"{key} mAP@{top_k or 'all'} {b}-bit: {out[key][b]:.4f}")
+        log(f"{key} mAP@{top_k or 'all'} {b}-bit: {out[key][b]['map']:.4f}")
   return out

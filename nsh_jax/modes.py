@@ -63,13 +63,16 @@ def _has_images(path: str) -> bool:
 
 
 def _splits_and_trained(config, workdir: str):
-  """``(eval splits, state, mesh, encode_fn)`` for a mode that evaluates a trained
-  ``workdir``: on images, or on the feature cache when training used it."""
+  """``(eval splits, state, mesh, encode_fn, reference)`` for a mode that evaluates a
+  trained ``workdir``: on images, or on the feature cache when training used it;
+  ``reference`` is what :func:`evaluation.evaluate` takes for the baselines."""
   config_checks.validate(config, jax.device_count())
-  inputs = train.model_inputs(config, input_pipeline.load(config))
+  splits = input_pipeline.load(config)
+  inputs = train.model_inputs(config, splits)
   state, mesh = restore_trained(config, workdir, inputs.shape, inputs.backbone)
+  reference = (splits, train.reference_features(config, inputs, splits, state, mesh))
   return (inputs.eval_splits, state, mesh,
-          evaluation.make_encode_fn(config, mesh, images=inputs.images))
+          evaluation.make_encode_fn(config, mesh, images=inputs.images), reference)
 
 
 def _require_backbone_in_model(config) -> None:
@@ -95,9 +98,10 @@ def train_mode(config, workdir, options):
 @MODES.register("evaluate")
 def evaluate_mode(config, workdir, options):
   del options
-  splits, state, mesh, encode = _splits_and_trained(config, workdir)
+  splits, state, mesh, encode, reference = _splits_and_trained(config, workdir)
   write_json(os.path.join(workdir, "metrics.json"),
-             evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode))
+             evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
+                                 reference=reference))
   print(f"wrote {workdir}/metrics.json and plots in {workdir}/plots")
 
 
@@ -113,9 +117,9 @@ def encode_mode(config, workdir, options):
   lengths = state_lib.bit_list(config)
   for b in lengths:
     path = out if len(lengths) == 1 else out.replace(".npz", f"_{b}bit.npz")
-    retrieval.save_index(path, retrieval.pack_codes(emb[:, :b]), b)
-    if retrieval.save_faiss_index(path[:-len(".npz")] + ".faiss", retrieval.pack_codes(emb[:, :b]),
-                                  b):
+    packed = retrieval.pack_codes(evaluation.codes_for(config, workdir, emb, b))
+    retrieval.save_index(path, packed, b)
+    if retrieval.save_faiss_index(path[:-len(".npz")] + ".faiss", packed, b):
       path += " (and .faiss)"
     print(f"wrote {emb.shape[0]} {b}-bit codes to {path}")
 
@@ -129,7 +133,8 @@ def search_mode(config, workdir, options):
   if not os.path.exists(query):
     raise FileNotFoundError(f"query file not found: {query}")
   if _has_images(query):
-    q_packed = retrieval.pack_codes(_encode(config, workdir, load_images(query))[:, :db["bits"]])
+    q_packed = retrieval.pack_codes(evaluation.codes_for(
+        config, workdir, _encode(config, workdir, load_images(query)), db["bits"]))
   else:
     q = retrieval.load_index(query)
     if q["bits"] != db["bits"]:
@@ -148,7 +153,7 @@ def search_mode(config, workdir, options):
 def quantize_mode(config, workdir, options):
   """Sign vs ITQ vs H2Q on the trained model's continuous outputs, one table row per length."""
   del options
-  splits, state, mesh, encode = _splits_and_trained(config, workdir)
+  splits, state, mesh, encode, _ = _splits_and_trained(config, workdir)
   tr, qe, de = (evaluation.encode_images(encode, state, x, mesh)
                 for x in (splits.train_images, splits.query_images, splits.db_images))
   top_k = config.eval.top_k or None

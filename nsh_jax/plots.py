@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -16,33 +17,44 @@ def _pyplot():
   return plt
 
 
-def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_labels) -> list:
-  """Writes ``pr_curve.png``, ``precision_at_n.png`` and ``tsne.png``; returns their paths."""
+def _curves(plt, path, title, xlabel, result, baselines, xy, **axes):
+  """One figure: the model's curve per length (solid), each baseline's at the longest
+  length (dashed), from ``xy(report) -> (x, y)``."""
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for bits, r in sorted(result["by_bits"].items(), key=lambda kv: int(kv[0])):
+    ax.plot(*xy(r), marker=".", label=f"model {bits} bits")
+  for name, by_bits in sorted(baselines.items()):
+    bits = max(by_bits, key=int)
+    ax.plot(*xy(by_bits[bits]), linestyle="--", label=f"{name} {bits} bits")
+  ax.set(xlabel=xlabel, ylabel="precision", title=title, **axes)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def _pr(r):
+  return r["pr_curve"]["recall"], r["pr_curve"]["precision"]
+
+
+def _p_at_n(r):
+  ns = sorted(int(n) for n in r["precision_at_n"])
+  return ns, [r["precision_at_n"][n] for n in ns]
+
+
+def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_labels,
+              baselines: Optional[dict] = None) -> list:
+  """Writes ``pr_curve.png``, ``precision_at_n.png`` (the model beside ``baselines``,
+  ``{name: {bits: metrics.evaluate_codes(...)}}``) and ``tsne.png``; returns their paths."""
   plt = _pyplot()
   os.makedirs(plot_dir, exist_ok=True)
-  paths = []
-  fig, ax = plt.subplots(figsize=(5, 4))
-  for bits, r in sorted(result["by_bits"].items(), key=lambda kv: int(kv[0])):
-    pr = r["pr_curve"]
-    ax.plot(pr["recall"], pr["precision"], marker=".", label=f"{bits} bits")
-  ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (Hamming radius sweep)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  paths.append(os.path.join(plot_dir, "pr_curve.png"))
-  fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(5, 4))
-  for bits, r in sorted(result["by_bits"].items(), key=lambda kv: int(kv[0])):
-    pn = r["precision_at_n"]
-    ns = sorted(int(n) for n in pn)
-    ax.plot(ns, [pn[n] for n in ns], marker="o", label=f"{bits} bits")
-  ax.set(xlabel="N (top retrieved)", ylabel="precision", xscale="log", title="Precision@N")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  paths.append(os.path.join(plot_dir, "precision_at_n.png"))
-  fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  baselines = baselines or {}
+  paths = [
+      _curves(plt, os.path.join(plot_dir, "pr_curve.png"),
+              "Precision-recall (Hamming radius sweep)", "recall", result, baselines, _pr),
+      _curves(plt, os.path.join(plot_dir, "precision_at_n.png"), "Precision@N",
+              "N (top retrieved)", result, baselines, _p_at_n, xscale="log")]
 
   labels = np.asarray(query_labels)
   if labels.ndim == 1 and query_embeddings.shape[0] >= 10:

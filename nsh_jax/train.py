@@ -24,7 +24,7 @@ from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, los
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import digest_arrays, format_duration, write_json
 
-__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables"]
+__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "reference_features"]
 
 
 @dataclasses.dataclass
@@ -154,6 +154,9 @@ def _train_loop(run: _Run, state, encode_fn):
     state, metrics = step_fn(state, jax.make_array_from_process_local_data(data, images),
                              jax.make_array_from_process_local_data(data, labels))
     done = step + 1
+    if done == start + 1 and done < total:  # the rate (and ETA) leaves out compilation
+      jax.block_until_ready(state.step)
+      t_last, s_last = time.time(), done
     is_log = done % t.log_every == 0 or done == total
     is_ckpt = done % t.checkpoint_every == 0 or done == total
     if is_log or is_ckpt:  # the only host syncs of the loop
@@ -210,14 +213,14 @@ def _summary(run: _Run, result: dict) -> None:
           f"{os.path.join(run.workdir, 'metrics.json')}")
 
 
-def _baseline_features(run: _Run, state, mesh):
-  """Clean backbone features (train, query, database) for a pretrained backbone."""
-  if run.inputs.features is not None or not run.config.model.pretrained:
-    return run.inputs.features
-  encode = evaluation.make_encode_fn(run.config, mesh, output="features")
-  s = run.splits
+def reference_features(config, inputs: _Inputs, splits, state, mesh):
+  """Clean backbone features (train, query, database) for the baselines of a pretrained
+  backbone (the cache's, or encoded now); ``None`` for a backbone trained from scratch."""
+  if inputs.features is not None or not config.model.pretrained:
+    return inputs.features
+  encode = evaluation.make_encode_fn(config, mesh, output="features")
   return tuple(evaluation.encode_images(encode, state, x, mesh)
-               for x in (s.train_images, s.query_images, s.db_images))
+               for x in (splits.train_images, splits.query_images, splits.db_images))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
@@ -241,11 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   state = _train_loop(run, state, encode_fn)
   run.manager.wait_until_finished()
   log(f"training done in {format_duration(time.time() - t_start)}")
+  train_seconds = time.time() - t_start
+  reference = (splits, reference_features(config, inputs, splits, state, run.mesh))
   result = evaluation.evaluate(config, state, inputs.eval_splits, run.mesh, workdir=workdir,
-                               log=log, encode_fn=encode_fn)
-  result["train_seconds"] = time.time() - t_start
-  result["baselines"] = evaluation.baselines(config, splits, _baseline_features(run, state,
-                                                                               run.mesh), log)
+                               log=log, encode_fn=encode_fn, reference=reference)
+  result["train_seconds"] = train_seconds
   result["history"] = run.history
   _summary(run, result)
   _write_eval_events(run, result, int(config.train.steps))

@@ -37,6 +37,8 @@ def test_evaluate_writes_metrics_and_plots(trained):
   m = json.load(open(os.path.join(workdir, "metrics.json")))
   printed = float(res.stdout.split("mAP@100 16-bit:")[1].split()[0])
   assert abs(m["by_bits"]["16"]["map"] - printed) < 1e-4
+  assert set(m["baselines"]) == {"itq-pixels", "lsh-pixels"}  # also beside the model in the plots
+  assert "itq-pixels mAP@100 16-bit:" in res.stdout
   for name in ("pr_curve.png", "precision_at_n.png", "tsne.png"):
     with open(os.path.join(workdir, "plots", name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -87,3 +89,19 @@ def test_search_refuses_damaged_or_mismatched_files(trained, tmp_path):
     res = run_main(args + ["--mode=search", f"--index={index}", f"--query={query}"])
     err = [l for l in res.stderr.strip().splitlines() if l.strip()]
     assert res.returncode == 2 and len(err) == 1 and expect in err[0], res.stderr[-2000:]
+
+
+def test_encode_codes_with_the_fitted_quantizer_and_needs_it(trained, tmp_path):
+  """The default config codes with ITQ fitted at evaluation: encode applies the saved
+  rotation (the database codes above match), and says in one line when it is missing."""
+  workdir, args = trained
+  with np.load(os.path.join(workdir, "codes", "quantizer.npz")) as f:
+    assert str(f["name"]) == "itq" and f["projection_16"].shape == (16, 16)
+  moved = os.path.join(workdir, "codes", "quantizer.npz.away")
+  os.rename(os.path.join(workdir, "codes", "quantizer.npz"), moved)
+  try:
+    res = run_main(args + ["--mode=encode", f"--output={tmp_path / 'db.npz'}"])
+  finally:
+    os.rename(moved, os.path.join(workdir, "codes", "quantizer.npz"))
+  err = [l for l in res.stderr.strip().splitlines() if l.strip()]
+  assert res.returncode == 2 and len(err) == 1 and "--mode=evaluate" in err[0], res.stderr[-2000:]

@@ -92,6 +92,7 @@ def test_short_run_learns_and_resumes_after_kill(tmp_path):
     ("--config.loss.name=foo", "loss.name"),
     ("--config.dataset.name=npz:/nonexistent.npz", "not found"),
     ("--config=configs/no_such_config.py", "No such file"),
+    ("--config=configs/default.py:noir", "augmentation preset"),
 ])
 def test_bad_config_is_one_line(tmp_path, flag, expect):
   res = run_main(TINY + [flag, f"--workdir={tmp_path}"],
@@ -100,6 +101,17 @@ def test_bad_config_is_one_line(tmp_path, flag, expect):
   err = [l for l in res.stderr.strip().splitlines() if l.strip()]
   assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], res.stderr
   assert "Traceback" not in res.stderr
+
+
+def test_augmentation_presets_set_every_augmentation_key():
+  from configs import base, default
+  assert set(base.AUGMENTATIONS["digits"]) == set(base.AUGMENTATIONS["natural"])
+  for name, preset in base.AUGMENTATIONS.items():
+    c = default.get_config(name)
+    assert {k: c.dataset[k] for k in preset} == preset
+  digits = default.get_config()
+  assert digits.dataset.flip == 0 and digits.dataset.jitter_prob == 0  # mirrored 2 is not a 2
+  assert base.get_config().dataset.flip == 0.5  # the paper's configs keep MoCo-v2
 
 
 def test_unknown_key_and_wrong_type_fail_cleanly(tmp_path):
@@ -182,12 +194,12 @@ def test_shared_cifar_prefix_loads():
 
 def test_sorted_weight_scales_sortednce_and_zero_leaves_the_instance_term():
   import jax
-  from configs import default
+  from configs import base
   from nsh_jax import losses, objectives
   rng = np.random.default_rng(0)
   out = [{"codes": np.tanh(rng.normal(size=(12, 8))).astype(np.float32),
           "latents": rng.normal(size=(12, 6)).astype(np.float32)} for _ in range(2)]
-  c = default.get_config()
+  c = base.get_config()
   c.loss.instance_weight, c.loss.sorted_warmup_steps = 1.0, 0
   inst = losses.nt_xent(out[0]["latents"], out[1]["latents"], c.loss.temperature)
   _, with_sort = objectives.length_loss(c, 5, out[0], out[1], None, 8)

@@ -1,0 +1,112 @@
+"""Every config key with its base value: the paper's NSH (pure SortedNCE, sign codes),
+MoCo-v2 augmentation for natural images, a small CNN on the bundled digits.
+
+Not a recipe to run as it is: ``default.py`` (the first run) and the ``cifar*``
+configs start from here and say what they change.  ``AUGMENTATIONS`` are the
+augmentation presets (``augmentation(config, name)``); pick one for your data
+with ``--config=configs/default.py:natural`` or ``:digits``.
+"""
+
+import ml_collections
+
+# Augmentation presets (the dataset.* keys they set).
+AUGMENTATIONS = {
+    # Photos (MoCo-v2, what the NSH reimplementations use): a mirrored photo is the
+    # same scene, and colour says little about the class.
+    "natural": dict(min_scale=0.5, flip=0.5, brightness=0.4, contrast=0.4, saturation=0.4,
+                    hue=0.1, jitter_prob=0.8, gray_prob=0.2),
+    # Digits, characters, symbols: mirroring changes the class (2 vs 5, b vs d) and
+    # colour is absent; crops (translation and scale) are the invariance that holds.
+    "digits": dict(min_scale=0.5, flip=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
+                   hue=0.0, jitter_prob=0.0, gray_prob=0.0),
+}
+
+
+def augmentation(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets ``config.dataset``'s augmentation keys from preset ``name``; returns ``config``."""
+  if name not in AUGMENTATIONS:
+    raise ValueError(f"unknown augmentation preset {name!r}; choose one of {sorted(AUGMENTATIONS)}")
+  for key, value in AUGMENTATIONS[name].items():
+    setattr(config.dataset, key, value)
+  return config
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "digits"
+  config.dataset.data_dir = ""
+  config.dataset.download = False
+  config.dataset.image_size = 32
+  config.dataset.normalization = "imagenet"
+  # Augmentation (nsh_jax/augment.py): random resized crop of area [min_scale, 1],
+  # horizontal flip, colour jitter, grayscale; set from a preset of AUGMENTATIONS.
+  augmentation(config, "natural")
+
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "small_cnn"
+  config.model.pretrained = False
+  config.model.frozen = False
+  # Code lengths; several = one head emitting prefixes (NHL), e.g. (16, 32, 64).
+  config.model.bit_list = (64,)
+  config.model.latent_dim = 128
+  # Hidden width of the hash and latent heads (0: each head is one linear layer).
+  config.model.head_hidden = 0
+  config.model.bf16 = False
+
+  # Frozen-backbone feature cache (nsh_jax/feature_cache.py): K > 0 augmented
+  # views per training image are extracted once and the heads train on them
+  # (needs model.frozen and model.pretrained); 0 runs the backbone every step.
+  config.features = ml_collections.ConfigDict()
+  config.features.views = 0
+  config.features.seed = 0
+  config.features.chunk = 256
+  config.features.cache_dir = ""  # "" = $NSH_JAX_CACHE or ~/.cache/nsh-jax/features
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "nsh"
+  config.loss.num_positives = 2
+  config.loss.temperature = 0.3
+  # SoftSort temperature in Hamming bits (tau_s * d); 1.0 = one bit.
+  config.loss.sort_temperature = 1.0
+  config.loss.sort_temperature_start = 0.0  # 0: no annealing
+  config.loss.sort_anneal_steps = 0
+  config.loss.sorter = "softsort"
+  # Sort by sign codes (straight-through) instead of relaxed tanh codes.
+  config.loss.straight_through = True
+  # NT-Xent between the two views' latents, added to SortedNCE (0: pure NSH).
+  config.loss.instance_weight = 0.0
+  # NT-Xent between the two views' straight-through sign codes (0: pure NSH).
+  config.loss.code_instance_weight = 0.0
+  # Weight of SortedNCE (0 leaves only the instance terms: the no-sort control).
+  config.loss.sorted_weight = 1.0
+  # SortedNCE weight ramps linearly from 0 to 1 over these steps (0: always 1).
+  config.loss.sorted_warmup_steps = 0
+  config.loss.quant_weight = 0.1
+  # Bit balance mean_k(mean_i b_ik)^2: keeps codes from collapsing from scratch.
+  config.loss.balance_weight = 1.0
+  config.loss.distill_weight = 0.0  # NHL cascade distillation (nested runs)
+  config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.batch_size = 64
+  config.train.optimizer = "adamw"
+  config.train.learning_rate = 1e-3
+  config.train.final_lr_fraction = 0.05
+  config.train.weight_decay = 1e-4
+  config.train.grad_clip = 1.0
+  config.train.warmup_steps = 30
+  config.train.log_every = 25
+  config.train.eval_every = 0  # 0: evaluate at the end only
+  config.train.checkpoint_every = 50
+  config.train.keep_checkpoints = 3
+  config.train.on_nonfinite = "stop"  # or "skip"
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.top_k = 1000  # 0 = the whole database (mAP@all)
+
+  config.quantizer = "sign"
+  return config
