@@ -104,6 +104,9 @@ def get_config():
   config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 3
   config.train.on_nonfinite = "stop"  # or "skip"
+  # NSH only: log what SortedNCE's soft top-m mines (label precision; labels never
+  # reach the loss) and the hash head's gradient from it vs the rest (nsh_jax/diagnostics.py).
+  config.train.diagnostics = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.top_k = 1000  # 0 = the whole database (mAP@all)

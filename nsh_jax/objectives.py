@@ -24,7 +24,7 @@ from nsh_jax import losses
 from nsh_jax.codes import sign_ste
 from nsh_jax.registry import Registry
 
-__all__ = ["OBJECTIVES", "length_loss", "sort_temperature"]
+__all__ = ["OBJECTIVES", "length_loss", "sort_temperature", "sorted_term"]
 
 OBJECTIVES = Registry("objective", "loss.name")
 
@@ -38,21 +38,29 @@ def sort_temperature(loss_cfg, step):
   return start + (end - start) * frac
 
 
+def sorted_term(cfg, step, out1, out2, bits: int):
+  """``ramp(step) * sorted_weight * symmetric SortedNCE`` of the first ``bits`` code
+  dimensions (0 when ``sorted_weight`` is 0: then it is not computed at all)."""
+  if not cfg.sorted_weight:
+    return jnp.zeros((), jnp.float32)
+  c1, c2 = out1["codes"][:, :bits], out2["codes"][:, :bits]
+  s1, s2 = (sign_ste(c1), sign_ste(c2)) if cfg.straight_through else (c1, c2)
+  term = cfg.sorted_weight * losses.symmetric_sorted_nce(
+      s1, s2, out1["latents"], out2["latents"], num_positives=cfg.num_positives,
+      temperature=cfg.temperature, sort_temperature=sort_temperature(cfg, step) / bits,
+      sorter=cfg.sorter)
+  if cfg.sorted_warmup_steps:
+    # SortedNCE's positives are only as good as the codes that rank them:
+    # ramp it in while the instance terms shape the codes.
+    term = term * jnp.clip(step / cfg.sorted_warmup_steps, 0.0, 1.0)
+  return term
+
+
 @OBJECTIVES.register("nsh")
 def nsh(cfg, step, out1, out2, labels, bits, centers):
   del labels, centers
   c1, c2 = out1["codes"][:, :bits], out2["codes"][:, :bits]
-  main = jnp.zeros((), jnp.float32)
-  if cfg.sorted_weight:  # 0: the no-sort control, and SortedNCE is not computed at all
-    s1, s2 = (sign_ste(c1), sign_ste(c2)) if cfg.straight_through else (c1, c2)
-    main = cfg.sorted_weight * losses.symmetric_sorted_nce(
-        s1, s2, out1["latents"], out2["latents"], num_positives=cfg.num_positives,
-        temperature=cfg.temperature, sort_temperature=sort_temperature(cfg, step) / bits,
-        sorter=cfg.sorter)
-    if cfg.sorted_warmup_steps:
-      # SortedNCE's positives are only as good as the codes that rank them:
-      # ramp it in while the instance terms shape the codes.
-      main = main * jnp.clip(step / cfg.sorted_warmup_steps, 0.0, 1.0)
+  main = sorted_term(cfg, step, out1, out2, bits)
   if cfg.instance_weight:
     # The other view as an explicit positive for the latents: from scratch the
     # codes rank candidates at random, so SortedNCE alone has no anchor.

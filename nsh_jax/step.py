@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import augment, nested
-from nsh_jax.codes import binarize
-from nsh_jax.objectives import length_loss
+from nsh_jax import augment, diagnostics, nested
+from nsh_jax.codes import binarize, sign_ste
+from nsh_jax.objectives import length_loss, sort_temperature, sorted_term
 from nsh_jax.state import TrainState, bit_list
 
 __all__ = ["make_train_step", "length_term", "image_views", "cached_views"]
@@ -128,6 +128,31 @@ def _step_metrics(config, loss, finite, codes, mains, weights) -> dict:
   return out
 
 
+def _diagnostics(config, state, x, labels, codes, grads) -> dict:
+  """:mod:`nsh_jax.diagnostics` for an NSH step: per length the mining precision of
+  view-1 anchors over view-2 candidates, and the hash head's gradient norms."""
+  cfg, n = config.loss, labels.shape[0]
+  out = {"mining_chance": diagnostics.chance_precision(labels)}
+  for b in bit_list(config):
+    c1, c2 = codes[:n, :b], codes[n:, :b]
+    if cfg.straight_through:
+      c1, c2 = sign_ste(c1), sign_ste(c2)
+    out[f"mining_{b}bit"] = diagnostics.mining_precision(
+        c1, c2, labels, cfg.num_positives, sort_temperature(cfg, state.step) / b)
+
+  def sorted_loss(params):
+    outs, _ = _forward(state, params, x)
+    view1 = jax.tree.map(lambda a: a[:n], outs)
+    view2 = jax.tree.map(lambda a: a[n:], outs)
+    return sum(sorted_term(cfg, state.step, view1, view2, b) for b in bit_list(config))
+
+  g_sorted = jax.grad(sorted_loss)(state.params)
+  g_rest = jax.tree.map(jnp.subtract, grads, g_sorted)
+  out["grad_hash_sorted"] = diagnostics.subtree_norm(g_sorted, "hash")
+  out["grad_hash_rest"] = diagnostics.subtree_norm(g_rest, "hash")
+  return out
+
+
 def make_train_step(config, mesh, centers=None, views: Optional[Callable] = None) -> Callable:
   """Builds the jitted step ``(state, batch, labels) -> (state, metrics)``.
 
@@ -137,6 +162,9 @@ def make_train_step(config, mesh, centers=None, views: Optional[Callable] = None
   views = views or image_views(config)
   num_lengths = len(bit_list(config))
   dominance = config.loss.dominance_weights and num_lengths > 1
+  # Labels reach only these metrics, never the loss; the sorted/rest gradient split
+  # assumes unit length weights.
+  diagnose = (config.train.diagnostics and config.loss.name == "nsh" and not dominance)
   base_key = jax.random.PRNGKey(config.seed)
   data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
@@ -153,12 +181,15 @@ def make_train_step(config, mesh, centers=None, views: Optional[Callable] = None
       weights = (_dominance_weights(config, state.step, outs, labels, centers) if dominance
                  else jnp.ones((num_lengths,), jnp.float32))
       loss = jnp.sum(weights * jnp.stack(terms))
-      return loss, (new_stats, jnp.stack(mains), weights, outs["codes"][:images.shape[0]])
+      return loss, (new_stats, jnp.stack(mains), weights, outs["codes"])
 
     (loss, (new_stats, mains, weights, codes)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     new_state, finite = _guarded_update(state, grads, new_stats, loss)
-    return new_state, _step_metrics(config, loss, finite, codes, mains, weights)
+    metrics = _step_metrics(config, loss, finite, codes[:images.shape[0]], mains, weights)
+    if diagnose:
+      metrics |= _diagnostics(config, state, x, labels, codes, grads)
+    return new_state, metrics
 
   return jax.jit(step_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl),
                  donate_argnums=(0,))
