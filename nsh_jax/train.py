@@ -196,8 +196,9 @@ def _header(run: _Run, start_step: int) -> None:
   for line in (f"nsh-jax: {c.loss.name} on {c.dataset.name}",
                f"  data      train {s.train_images.shape[0]:,} | query {s.query_images.shape[0]:,} | "
                f"database {s.db_images.shape[0]:,} images ({shape}), {s.num_classes} classes",
-               f"  model     {c.model.backbone} ({how}) | codes {lengths} bits | input "
-               f"{c.dataset.image_size}px",
+               f"  model     {c.model.backbone} ({how}) | codes {lengths} bits"
+               + ("" if c.quantizer == "sign" else f" ({c.quantizer} on the hash layer)")
+               + f" | input {c.dataset.image_size}px",
                f"  training  {c.train.steps:,} steps x batch {c.train.batch_size} on {devices} | "
                f"{c.train.optimizer} lr {c.train.learning_rate:g} | seed {c.seed}",
                f"  work dir  {run.workdir}{resume}"):
