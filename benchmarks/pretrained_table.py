@@ -80,7 +80,8 @@ def main():
   methods = dict(METHODS)
   for spec in args.method:
     name, _, overrides = spec.partition(":")
-    methods[name] = [o for o in overrides.split(",") if o]
+    # Split at ",--" so that a value may hold commas: --config.model.bit_list=(64,)
+    methods[name] = [o if o.startswith("--") else "--" + o for o in overrides.split(",--") if o]
   if args.only:
     methods = {k: v for k, v in methods.items() if k in args.only}
   rows = {} if args.no_posthoc else posthoc(args.seeds)

@@ -12,7 +12,11 @@ these to the step metrics when ``config.train.diagnostics`` is set.
   (same similarities, same temperature) and ``y_j ~ y_i`` "same class" (or "a
   shared label" for multi-hot labels): the expected fraction of true
   neighbours among the soft top-``m``.  :func:`chance_precision` is the
-  fraction a random ranking would give.
+  fraction a random ranking would give.  Candidate ``i`` (the anchor's own other
+  view) is always a true neighbour, so ``others=True`` gives the precision of the
+  mass that goes to other images, the positives sorting mines beyond it::
+
+      prec'_i = sum_{r<m} sum_{j != i} P_i[r, j] [y_j ~ y_i] / sum_{r<m} sum_{j != i} P_i[r, j]
 * **Hash-head gradient norms**: ``||dL_sorted/dtheta_hash||`` against
   ``||dL_rest/dtheta_hash||`` (gradients are linear in the loss, so the rest
   is the total minus the sorted part).
@@ -37,12 +41,18 @@ def same_label(labels: jax.Array) -> jax.Array:
 
 
 def mining_precision(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
-                     num_positives: int, sort_temperature: float | jax.Array) -> jax.Array:
-  """Mean over anchors of ``prec_i`` (module docstring); codes ``[n, d]`` as SortedNCE
-  sorts them, ``sort_temperature`` in similarity units (``tau_s``, 1 bit = ``1/d``)."""
+                     num_positives: int, sort_temperature: float | jax.Array,
+                     others: bool = False) -> jax.Array:
+  """Mean over anchors of ``prec_i`` (or ``prec'_i`` with ``others``; module docstring);
+  codes ``[n, d]`` as SortedNCE sorts them, ``sort_temperature`` in similarity units
+  (``tau_s``, 1 bit = ``1/d``)."""
   sim = sorting.hamming_similarity(codes_a, codes_b)
-  ranked = sorting.soft_sort_apply(sim, same_label(labels), sort_temperature)  # [n, n] by rank
-  return jnp.mean(ranked[:, :num_positives])
+  same = same_label(labels)
+  top = lambda v: jnp.sum(sorting.soft_sort_apply(sim, v, sort_temperature)[:, :num_positives], 1)
+  if not others:
+    return jnp.mean(top(same)) / num_positives
+  not_self = 1.0 - jnp.eye(sim.shape[0], dtype=jnp.float32)
+  return jnp.mean(top(same * not_self) / jnp.maximum(top(not_self), 1e-12))
 
 
 def chance_precision(labels: jax.Array) -> jax.Array:

@@ -109,7 +109,8 @@ def _log_step(run: _Run, done: int, m: dict, rate: float) -> None:
   mining = ""
   if "mining_chance" in m:  # train.diagnostics, at the longest length
     b = max(state_lib.bit_list(run.config))
-    mining = (f" | mining {m[f'mining_{b}bit']:.3f} (chance {m['mining_chance']:.3f}) | "
+    mining = (f" | mining {m[f'mining_{b}bit']:.3f}, others {m[f'mining_others_{b}bit']:.3f} "
+              f"(chance {m['mining_chance']:.3f}) | "
               f"hash grad sorted/rest {m['grad_hash_sorted']:.3g}/{m['grad_hash_rest']:.3g}")
   run.log(f"step {done}/{total} | loss {m['loss']:.4f} | bit balance {m['bit_balance']:.3f} "
           f"| {rate:.2f} steps/s | ETA {format_duration((total - done) / max(rate, 1e-9))}"

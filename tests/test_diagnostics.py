@@ -12,8 +12,9 @@ import pytest
 from helpers import TINY, run_main
 
 
-def _dense_precision(a, b, labels, m, tau):
-  """Independent: form every anchor's SoftSort matrix and average label agreement."""
+def _dense_precision(a, b, labels, m, tau, others=False):
+  """Independent: form every anchor's SoftSort matrix and average label agreement
+  (``others``: of the top-m mass on candidates other than the anchor's own view)."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   d = a.shape[1]
   sim = a @ b.T / (2 * d) + 0.5
@@ -24,7 +25,11 @@ def _dense_precision(a, b, labels, m, tau):
     logits = -np.abs(s[:, None] - sim[i][None, :]) / tau
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    total += (p[:m] @ same[i]).mean()
+    if others:
+      mask = np.arange(len(a)) != i
+      total += (p[:m] @ (same[i] * mask)).sum() / (p[:m] @ mask).sum()
+    else:
+      total += (p[:m] @ same[i]).mean()
   return total / len(a)
 
 
@@ -38,9 +43,11 @@ def test_mining_precision_matches_dense_softsort(signs):
   else:
     a, b = np.tanh(a), np.tanh(b)
   labels = rng.integers(0, 3, 24)
-  got = diagnostics.mining_precision(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
-                                     jnp.asarray(labels), 3, 0.5 / 8)
-  np.testing.assert_allclose(float(got), _dense_precision(a, b, labels, 3, 0.5 / 8), rtol=1e-5)
+  for others in (False, True):
+    got = diagnostics.mining_precision(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                                       jnp.asarray(labels), 3, 0.5 / 8, others=others)
+    np.testing.assert_allclose(float(got), _dense_precision(a, b, labels, 3, 0.5 / 8, others),
+                               rtol=1e-5)
 
 
 def test_mining_precision_known_answers():
@@ -70,6 +77,7 @@ def test_trainer_logs_diagnostics(tmp_path):
   assert "mining " in res.stdout and "hash grad sorted/rest" in res.stdout
   h = json.load(open(os.path.join(workdir, "metrics.json")))["history"][-1]
   assert 0.0 <= h["mining_16bit"] <= 1.0 and 0.0 < h["mining_chance"] < 1.0
+  assert 0.0 <= h["mining_others_16bit"] <= 1.0
   assert h["grad_hash_sorted"] > 0 and h["grad_hash_rest"] > 0
   # With SortedNCE off, the hash head gets nothing through the sorter.
   res = run_main(TINY + ["--config.train.steps=2", "--config.train.diagnostics=True",
