@@ -44,7 +44,7 @@ def run_method(workdir, name, overrides, seed, steps):
       sys.exit(f"{name} seed {seed} failed:\n{res.stderr[-3000:]}")
     print(f"  {name} seed {seed}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
   m = json.load(open(os.path.join(wd, "metrics.json")))
-  return {b: m["by_bits"][str(b)]["map"] for b in BITS}, m
+  return {b: m["by_bits"][str(b)]["map"] for b in BITS if str(b) in m["by_bits"]}, m
 
 
 def posthoc(seeds):
@@ -92,8 +92,9 @@ def main():
   for name, per_seed in rows.items():
     cells = []
     for b in BITS:
-      v = np.array([r[b] for r in per_seed])
-      cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}")
+      v = np.array([r[b] for r in per_seed if b in r])
+      cells.append("-" if not len(v) else
+                   f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   table = "\n".join(lines)
   print(table)
