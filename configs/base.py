@@ -69,8 +69,11 @@ def get_config():
   config.loss.name = "nsh"
   config.loss.num_positives = 2
   config.loss.temperature = 0.3
-  # SoftSort temperature in Hamming bits (tau_s * d); 1.0 = one bit.
+  # SoftSort temperature (objectives.sort_temperature): in Hamming bits by default.
   config.loss.sort_temperature = 1.0
+  # 'bit': sort_temperature in Hamming bits (the paper); 'length': a fraction of the
+  # code length, the same softness at every length (docs/pretrained.md).
+  config.loss.sort_temperature_unit = "bit"
   config.loss.sort_temperature_start = 0.0  # 0: no annealing
   config.loss.sort_anneal_steps = 0
   config.loss.sorter = "softsort"

@@ -19,6 +19,7 @@ _CHOICES = {
     "quantizer": householder.QUANTIZERS.names(),
     "train.optimizer": optim.OPTIMIZERS.names(),
     "train.on_nonfinite": ("stop", "skip"),
+    "loss.sort_temperature_unit": ("bit", "length"),
     "dataset.normalization": tuple(augment.NORMALIZATIONS),
 }
 

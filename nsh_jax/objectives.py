@@ -29,13 +29,19 @@ __all__ = ["OBJECTIVES", "length_loss", "sort_temperature", "sorted_term"]
 OBJECTIVES = Registry("objective", "loss.name")
 
 
-def sort_temperature(loss_cfg, step):
-  """SoftSort temperature in Hamming bits (``tau_s * d``), annealed linearly from
-  ``sort_temperature_start`` (0: none) to ``sort_temperature`` over ``sort_anneal_steps``."""
+def sort_temperature(loss_cfg, step, bits: int):
+  """SoftSort temperature ``tau_s`` in similarity units for ``bits``-bit codes.
+
+  ``loss.sort_temperature`` ``T`` (annealed linearly from ``sort_temperature_start``,
+  0: none, over ``sort_anneal_steps``) is read in ``loss.sort_temperature_unit``:
+  ``'bit'`` -- Hamming bits, ``tau_s = T / bits`` (the paper's 1 bit); ``'length'`` --
+  a fraction of the code length, ``tau_s = T`` (e.g. 1/16: 1 bit at 16 bits, 4 at 64).
+  """
   end = loss_cfg.sort_temperature
   start = loss_cfg.sort_temperature_start or end
   frac = jnp.clip(step / max(int(loss_cfg.sort_anneal_steps), 1), 0.0, 1.0)
-  return start + (end - start) * frac
+  t = start + (end - start) * frac
+  return t / bits if loss_cfg.sort_temperature_unit == "bit" else t
 
 
 def sorted_term(cfg, step, out1, out2, bits: int):
@@ -47,7 +53,7 @@ def sorted_term(cfg, step, out1, out2, bits: int):
   s1, s2 = (sign_ste(c1), sign_ste(c2)) if cfg.straight_through else (c1, c2)
   term = cfg.sorted_weight * losses.symmetric_sorted_nce(
       s1, s2, out1["latents"], out2["latents"], num_positives=cfg.num_positives,
-      temperature=cfg.temperature, sort_temperature=sort_temperature(cfg, step) / bits,
+      temperature=cfg.temperature, sort_temperature=sort_temperature(cfg, step, bits),
       sorter=cfg.sorter)
   if cfg.sorted_warmup_steps:
     # SortedNCE's positives are only as good as the codes that rank them:

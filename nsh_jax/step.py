@@ -137,7 +137,7 @@ def _diagnostics(config, state, x, labels, codes, grads) -> dict:
     c1, c2 = codes[:n, :b], codes[n:, :b]
     if cfg.straight_through:
       c1, c2 = sign_ste(c1), sign_ste(c2)
-    tau = sort_temperature(cfg, state.step) / b
+    tau = sort_temperature(cfg, state.step, b)
     out[f"mining_{b}bit"] = diagnostics.mining_precision(c1, c2, labels, cfg.num_positives, tau)
     out[f"mining_others_{b}bit"] = diagnostics.mining_precision(
         c1, c2, labels, cfg.num_positives, tau, others=True)

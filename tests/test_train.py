@@ -237,3 +237,17 @@ def test_errors_are_described_in_one_line():
   assert errors.describe(errors.ConfigError("bad\n  value"), 1) == ("bad value", 2)
   assert errors.describe(RuntimeError("bug"), 1)[1] == 1
   assert errors.describe(JaxRuntimeError("oom"), 1)[1] == 1  # one process: a bug, not a peer
+
+
+def test_sort_temperature_units_and_annealing():
+  from configs import base
+  from nsh_jax import objectives
+  c = base.get_config().loss
+  assert float(objectives.sort_temperature(c, 0, 64)) == pytest.approx(1 / 64)  # one bit
+  c.sort_temperature, c.sort_temperature_unit = 1 / 16, "length"
+  for bits in (16, 32, 64):  # the same fraction of the length at every length
+    assert float(objectives.sort_temperature(c, 0, bits)) == pytest.approx(1 / 16)
+  c.sort_temperature_unit, c.sort_temperature, c.sort_temperature_start = "bit", 1.0, 5.0
+  c.sort_anneal_steps = 100
+  assert float(objectives.sort_temperature(c, 50, 16)) == pytest.approx(3.0 / 16)
+  assert float(objectives.sort_temperature(c, 500, 16)) == pytest.approx(1.0 / 16)
