@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from nsh_jax import sorting
 
-__all__ = ["same_label", "mining_precision", "chance_precision", "subtree_norm"]
+__all__ = ["same_label", "mining_precision", "mining_precisions", "chance_precision",
+           "subtree_norm"]
 
 
 def same_label(labels: jax.Array) -> jax.Array:
@@ -40,19 +41,26 @@ def same_label(labels: jax.Array) -> jax.Array:
   return ((labels.astype(jnp.float32) @ labels.astype(jnp.float32).T) > 0).astype(jnp.float32)
 
 
-def mining_precision(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
-                     num_positives: int, sort_temperature: float | jax.Array,
-                     others: bool = False) -> jax.Array:
-  """Mean over anchors of ``prec_i`` (or ``prec'_i`` with ``others``; module docstring);
+def mining_precisions(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
+                      num_positives: int, sort_temperature: float | jax.Array):
+  """``(mean prec_i, mean prec'_i)`` (module docstring) from one similarity matrix;
   codes ``[n, d]`` as SortedNCE sorts them, ``sort_temperature`` in similarity units
   (``tau_s``, 1 bit = ``1/d``)."""
   sim = sorting.hamming_similarity(codes_a, codes_b)
-  same = same_label(labels)
-  top = lambda v: jnp.sum(sorting.soft_sort_apply(sim, v, sort_temperature)[:, :num_positives], 1)
-  if not others:
-    return jnp.mean(top(same)) / num_positives
   not_self = 1.0 - jnp.eye(sim.shape[0], dtype=jnp.float32)
-  return jnp.mean(top(same * not_self) / jnp.maximum(top(not_self), 1e-12))
+  top = lambda v: jnp.sum(sorting.soft_sort_apply(sim, v, sort_temperature)[:, :num_positives], 1)
+  others_same, others = top(same_label(labels) * not_self), top(not_self)
+  # The anchor's own view is always a true neighbour: its top-m mass is m - others.
+  every = (others_same + (num_positives - others)) / num_positives
+  return jnp.mean(every), jnp.mean(others_same / jnp.maximum(others, 1e-12))
+
+
+def mining_precision(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
+                     num_positives: int, sort_temperature: float | jax.Array,
+                     others: bool = False) -> jax.Array:
+  """Mean over anchors of ``prec_i`` (or ``prec'_i`` with ``others``): one of
+  :func:`mining_precisions`."""
+  return mining_precisions(codes_a, codes_b, labels, num_positives, sort_temperature)[int(others)]
 
 
 def chance_precision(labels: jax.Array) -> jax.Array:

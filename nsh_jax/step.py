@@ -137,10 +137,8 @@ def _diagnostics(config, state, x, labels, codes, grads) -> dict:
     c1, c2 = codes[:n, :b], codes[n:, :b]
     if cfg.straight_through:
       c1, c2 = sign_ste(c1), sign_ste(c2)
-    tau = sort_temperature(cfg, state.step, b)
-    out[f"mining_{b}bit"] = diagnostics.mining_precision(c1, c2, labels, cfg.num_positives, tau)
-    out[f"mining_others_{b}bit"] = diagnostics.mining_precision(
-        c1, c2, labels, cfg.num_positives, tau, others=True)
+    out[f"mining_{b}bit"], out[f"mining_others_{b}bit"] = diagnostics.mining_precisions(
+        c1, c2, labels, cfg.num_positives, sort_temperature(cfg, state.step, b))
 
   def sorted_loss(params):
     outs, _ = _forward(state, params, x)
