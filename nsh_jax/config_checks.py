@@ -37,12 +37,14 @@ def validate(config, device_count: int = 1) -> None:
     value = _get(config, key)
     if value not in choices:
       raise ConfigError(f"config.{key}={value!r} is not one of {choices}")
-  bits = list(config.model.bit_list)
+  bits = config.model.bit_list
+  if not isinstance(bits, (tuple, list)) or not all(
+      isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bits):
+    raise ConfigError(f"config.model.bit_list must be a tuple of positive ints, e.g. (64,) or "
+                      f"(16,32,64); got {bits!r}")
+  bits = list(bits)
   if not bits:
     raise ConfigError("config.model.bit_list is empty; give at least one code length, e.g. (64,)")
-  for b in bits:
-    if int(b) <= 0:
-      raise ConfigError(f"config.model.bit_list must hold positive ints; got {b}")
   if len(set(bits)) != len(bits):
     raise ConfigError(f"config.model.bit_list has repeated lengths: {bits}")
   positive = {"model.latent_dim": config.model.latent_dim, "train.steps": config.train.steps,

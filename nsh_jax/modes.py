@@ -7,6 +7,7 @@ mode's command-line values (``input``, ``output``, ``index``, ``query``, ``k``);
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
@@ -99,10 +100,23 @@ def train_mode(config, workdir, options):
 def evaluate_mode(config, workdir, options):
   del options
   splits, state, mesh, encode, reference = _splits_and_trained(config, workdir)
-  write_json(os.path.join(workdir, "metrics.json"),
-             evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
-                                 reference=reference))
+  result = evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
+                               reference=reference)
+  path = os.path.join(workdir, "metrics.json")
+  if jax.process_index() == 0:
+    write_json(path, _with_training_record(path, result))
   print(f"wrote {workdir}/metrics.json and plots in {workdir}/plots")
+
+
+def _with_training_record(path: str, result: dict) -> dict:
+  """``result`` plus the ``history`` and ``train_seconds`` of the training run whose
+  ``metrics.json`` at ``path`` it replaces (evaluation alone has neither)."""
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return result
+  return {**{k: old[k] for k in ("history", "train_seconds") if k in old}, **result}
 
 
 @MODES.register("encode")

@@ -10,6 +10,7 @@ and several processes (each feeds its slice of the global batch through
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Callable, Optional
@@ -142,7 +143,22 @@ def _restore(run: _Run, state):
   run.last_good = step
   if step is not None:
     run.log(f"resumed from checkpoint {step} in {run.manager.directory}")
+    run.history = [h for h in _read_history(run.workdir) if h["step"] <= step]
   return state
+
+
+def _history_path(workdir: str) -> str:
+  return os.path.join(workdir, "history.json")
+
+
+def _read_history(workdir: str) -> list:
+  """The logged steps saved with the checkpoints (``[]`` if none or unreadable), so
+  that a resumed run's ``metrics.json`` holds the whole history."""
+  try:
+    with open(_history_path(workdir)) as f:
+      return list(json.load(f))
+  except (OSError, ValueError):
+    return []
 
 
 def _train_loop(run: _Run, state, encode_fn):
@@ -174,6 +190,10 @@ def _train_loop(run: _Run, state, encode_fn):
         _log_step(run, done, m, (done - s_last) / max(now - t_last, 1e-9))
         t_last, s_last = now, done
       if is_ckpt:
+        # History first: a kill between the two then resumes from an older
+        # checkpoint, whose steps the history covers.
+        if jax.process_index() == 0:
+          write_json(_history_path(run.workdir), run.history)
         checkpoints.save(run.manager, done, state)
         run.last_good = done
     if t.eval_every and done % t.eval_every == 0 and done < total:

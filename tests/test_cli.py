@@ -28,13 +28,19 @@ def _brute_force(q_packed, db_packed, k):
 
 def test_evaluate_writes_metrics_and_plots(trained):
   workdir, args = trained
-  for f in ("metrics.json", "plots/pr_curve.png"):
-    if os.path.exists(os.path.join(workdir, f)):
-      os.remove(os.path.join(workdir, f))
+  path = os.path.join(workdir, "metrics.json")
+  trained_metrics = json.load(open(path))
+  assert [h["step"] for h in trained_metrics["history"]] == [2, 4]
+  json.dump({**trained_metrics, "by_bits": {}}, open(path, "w"))  # must be written again
+  if os.path.exists(os.path.join(workdir, "plots/pr_curve.png")):
+    os.remove(os.path.join(workdir, "plots/pr_curve.png"))
   res = run_main(args + ["--mode=evaluate"])
   assert res.returncode == 0, res.stderr[-2000:]
   assert "restored checkpoint 4" in res.stdout and "mAP@100 16-bit:" in res.stdout
-  m = json.load(open(os.path.join(workdir, "metrics.json")))
+  m = json.load(open(path))
+  # The training run's record survives a re-evaluation.
+  assert m["history"] == trained_metrics["history"]
+  assert m["train_seconds"] == trained_metrics["train_seconds"]
   printed = float(res.stdout.split("mAP@100 16-bit:")[1].split()[0])
   assert abs(m["by_bits"]["16"]["map"] - printed) < 1e-4
   assert set(m["baselines"]) == {"itq-pixels", "lsh-pixels"}  # also beside the model in the plots

@@ -1,5 +1,6 @@
 """Faults the trainer must survive: SIGKILLs, damaged checkpoints, non-finite losses."""
 
+import json
 import os
 import shutil
 import signal
@@ -78,6 +79,11 @@ def test_random_sigkills_resume_to_identical_params(tmp_path):
   assert ref.keys() == got.keys()
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  # metrics.json keeps the whole history across the kills, each step once.
+  ref_h, got_h = (json.load(open(os.path.join(d, "metrics.json")))["history"]
+                  for d in (ref_dir, run_dir))
+  assert [h["step"] for h in got_h] == [h["step"] for h in ref_h] == list(range(2, STEPS + 1, 2))
+  assert got_h == ref_h
 
 
 def test_truncated_checkpoint_falls_back_with_warning(tmp_path):
@@ -102,6 +108,16 @@ def test_truncated_checkpoint_falls_back_with_warning(tmp_path):
   # Step 6 was trained and saved again, readable this time.
   assert np.all(np.isfinite(np.concatenate([v.ravel() for v in _final_params(workdir, 8).values()])))
   _final_params(workdir, 6)
+
+  # The same work dir under another model is a one-line error that moves nothing.
+  before = sorted(os.listdir(ckpt))
+  res = run_main(TINY + [f"--workdir={workdir}", "--config.train.steps=10",
+                         "--config.model.latent_dim=16"])
+  err = [l for l in res.stderr.strip().splitlines() if l.strip()]
+  assert res.returncode == 2 and len(err) == 1, res.stderr[-2000:]
+  assert err[0].startswith("error: checkpoint 8 in ") and "another model" in err[0], err
+  assert "latent" in err[0] and "shape" in err[0], err  # names the differing array
+  assert sorted(os.listdir(ckpt)) == before
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(tmp_path):

@@ -87,6 +87,7 @@ def test_short_run_learns_and_resumes_after_kill(tmp_path):
 
 @pytest.mark.parametrize("flag,expect", [
     ("--config.model.bit_list=(0,)", "model.bit_list"),
+    ("--config.model.bit_list=abc", "model.bit_list"),
     ("--config.loss.num_positives=16", "num_positives"),
     ("--config.train.batch_size=12", "divisible"),
     ("--config.loss.name=foo", "loss.name"),
