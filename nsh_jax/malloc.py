@@ -14,7 +14,10 @@ freed memory instead:
 
 After it a step faults no pages and runs faster
 (``benchmarks/train_step.py --malloc both``, BENCHMARKS.md).  The price: the process keeps
-its peak heap size until it exits.  The settings are process-wide, so the
+its peak heap size until it exits, and where one step's buffers reach gigabytes
+(SortedNCE at batch 2048 on frozen features) the one heap fragments and grows
+step after step until the kernel kills the process, where glibc's defaults stay
+near the step's own peak (docs/pretrained.md): set ``NSH_JAX_KEEP_MALLOC=1`` there.  The settings are process-wide, so the
 library never applies them on import; ``main.py`` calls :func:`tune` first
 thing, and other programs may call it themselves before JAX starts.
 ``NSH_JAX_KEEP_MALLOC=1`` leaves malloc alone.  Does nothing outside glibc.
