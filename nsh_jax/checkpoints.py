@@ -70,8 +70,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState) -> None:
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, log=print):
   """Restores the newest readable checkpoint; a damaged one is moved aside with a warning.
 
-  A checkpoint that fails to restore (truncated files, missing metadata, wrong
-  shapes) is renamed to ``<checkpoints>.corrupt/<step>-<time>`` so that training
+  A checkpoint that fails to restore (truncated or unreadable files, missing
+  metadata) is renamed to ``<checkpoints>.corrupt/<step>-<time>`` so that training
   can write that step again, and the next older one is tried.  A readable
   checkpoint whose arrays differ from ``state``'s raises :class:`ConfigError`
   (nothing is moved).  Returns ``(state, step or None)``.
