@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-__all__ = ["write_json", "digest_arrays", "format_duration"]
+__all__ = ["write_json", "read_json", "digest_arrays", "format_duration"]
 
 
 def digest_arrays(*arrays, length: int = 16) -> str:
@@ -34,3 +34,12 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
   os.replace(tmp, path)
+
+
+def read_json(path: str, default=None):
+  """The JSON value in ``path``, or ``default`` when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default

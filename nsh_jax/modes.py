@@ -7,7 +7,6 @@ mode's command-line values (``input``, ``output``, ``index``, ``query``, ``k``);
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 
@@ -17,7 +16,7 @@ import numpy as np
 from nsh_jax import (checkpoints, config_checks, evaluation, householder, input_pipeline, metrics,
                      retrieval, state as state_lib, train)
 from nsh_jax.errors import ConfigError, DataError
-from nsh_jax.files import write_json
+from nsh_jax.files import read_json, write_json
 from nsh_jax.registry import Registry
 
 __all__ = ["MODES", "restore_trained", "load_images"]
@@ -111,11 +110,7 @@ def evaluate_mode(config, workdir, options):
 def _with_training_record(path: str, result: dict) -> dict:
   """``result`` plus the ``history`` and ``train_seconds`` of the training run whose
   ``metrics.json`` at ``path`` it replaces (evaluation alone has neither)."""
-  try:
-    with open(path) as f:
-      old = json.load(f)
-  except (OSError, ValueError):
-    return result
+  old = read_json(path, {})
   return {**{k: old[k] for k in ("history", "train_seconds") if k in old}, **result}
 
 

@@ -10,7 +10,6 @@ and several processes (each feeds its slice of the global batch through
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Optional
@@ -23,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, losses, models, optim,
                      state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
-from nsh_jax.files import digest_arrays, format_duration, write_json
+from nsh_jax.files import digest_arrays, format_duration, read_json, write_json
 
 __all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "reference_features"]
 
@@ -154,11 +153,7 @@ def _history_path(workdir: str) -> str:
 def _read_history(workdir: str) -> list:
   """The logged steps saved with the checkpoints (``[]`` if none or unreadable), so
   that a resumed run's ``metrics.json`` holds the whole history."""
-  try:
-    with open(_history_path(workdir)) as f:
-      return list(json.load(f))
-  except (OSError, ValueError):
-    return []
+  return list(read_json(_history_path(workdir), []))
 
 
 def _train_loop(run: _Run, state, encode_fn):
