@@ -29,8 +29,7 @@ import jax.numpy as jnp
 
 from nsh_jax import sorting
 
-__all__ = ["same_label", "mining_precision", "mining_precisions", "chance_precision",
-           "subtree_norm"]
+__all__ = ["same_label", "mining_precisions", "chance_precision", "subtree_norm"]
 
 
 def same_label(labels: jax.Array) -> jax.Array:
@@ -53,14 +52,6 @@ def mining_precisions(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
   # The anchor's own view is always a true neighbour: its top-m mass is m - others.
   every = (others_same + (num_positives - others)) / num_positives
   return jnp.mean(every), jnp.mean(others_same / jnp.maximum(others, 1e-12))
-
-
-def mining_precision(codes_a: jax.Array, codes_b: jax.Array, labels: jax.Array,
-                     num_positives: int, sort_temperature: float | jax.Array,
-                     others: bool = False) -> jax.Array:
-  """Mean over anchors of ``prec_i`` (or ``prec'_i`` with ``others``): one of
-  :func:`mining_precisions`."""
-  return mining_precisions(codes_a, codes_b, labels, num_positives, sort_temperature)[int(others)]
 
 
 def chance_precision(labels: jax.Array) -> jax.Array:

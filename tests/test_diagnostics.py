@@ -44,8 +44,8 @@ def test_mining_precision_matches_dense_softsort(signs):
     a, b = np.tanh(a), np.tanh(b)
   labels = rng.integers(0, 3, 24)
   for others in (False, True):
-    got = diagnostics.mining_precision(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
-                                       jnp.asarray(labels), 3, 0.5 / 8, others=others)
+    got = diagnostics.mining_precisions(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                                        jnp.asarray(labels), 3, 0.5 / 8)[int(others)]
     np.testing.assert_allclose(float(got), _dense_precision(a, b, labels, 3, 0.5 / 8, others),
                                rtol=1e-5)
 
@@ -55,7 +55,7 @@ def test_mining_precision_known_answers():
   labels = np.repeat(np.arange(4), 8)
   protos = np.sign(np.random.default_rng(1).normal(size=(4, 32)))
   codes = jnp.asarray(protos[labels], jnp.float32)  # every class its own code: perfect mining
-  assert float(diagnostics.mining_precision(codes, codes, labels, 2, 0.1 / 32)) > 0.999
+  assert float(diagnostics.mining_precisions(codes, codes, labels, 2, 0.1 / 32)[0]) > 0.999
   assert float(diagnostics.chance_precision(jnp.asarray(labels))) == pytest.approx(8 / 32)
   multi = jnp.array([[1, 0], [1, 1], [0, 1]])
   np.testing.assert_array_equal(diagnostics.same_label(multi),
