@@ -29,7 +29,7 @@ from nsh_jax.codes import binarize, sign_ste
 from nsh_jax.objectives import length_loss, sort_temperature, sorted_term
 from nsh_jax.state import TrainState, bit_list
 
-__all__ = ["make_train_step", "length_term", "image_views", "cached_views"]
+__all__ = ["make_train_step", "length_term", "head_kernel_gradients", "image_views", "cached_views"]
 
 
 def image_views(config):
@@ -85,18 +85,23 @@ def length_term(config, step, outs, labels, centers, k: int):
   return total, main
 
 
-def _dominance_weights(config, step, outs, labels, centers):
-  """Each length's head-kernel gradient ``g_k = f^T dL_k/dlogits`` (exact for the
-  linear head, on detached features), turned into weights by :func:`nested.dominance_weights`."""
+def head_kernel_gradients(config, step, outs, labels, centers) -> list:
+  """Each length's gradient ``g_k = f^T dL_k/dlogits`` of the hash head's kernel, with
+  the encoder outputs detached (``f`` the features)."""
   detached = jax.tree.map(jax.lax.stop_gradient, outs)
 
   def loss_of_logits(logits, k):
     return length_term(config, step, detached | {"logits": logits, "codes": jnp.tanh(logits)},
                        labels, centers, k)[0]
 
-  grads = [detached["features"].T @ jax.grad(loss_of_logits)(detached["logits"], k)
-           for k in range(len(bit_list(config)))]
-  return nested.dominance_weights(grads, bit_list(config))
+  return [detached["features"].T @ jax.grad(loss_of_logits)(detached["logits"], k)
+          for k in range(len(bit_list(config)))]
+
+
+def _dominance_weights(config, step, outs, labels, centers):
+  """:func:`head_kernel_gradients` turned into weights by :func:`nested.dominance_weights`."""
+  return nested.dominance_weights(head_kernel_gradients(config, step, outs, labels, centers),
+                                  bit_list(config))
 
 
 def _guarded_update(state: TrainState, grads, new_stats, loss):
