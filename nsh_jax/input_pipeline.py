@@ -237,12 +237,17 @@ def train_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed:
   lo = process_index * local
 
   def produce(q: queue.Queue, stop: threading.Event):
-    for step in range(start_step, num_steps):
-      if stop.is_set():
-        return
-      idx = batch_indices(images.shape[0], batch_size, seed, step)[lo:lo + local]
-      q.put((step, images[idx], labels[idx]))
-    q.put(None)
+    try:
+      for step in range(start_step, num_steps):
+        if stop.is_set():
+          return
+        idx = batch_indices(images.shape[0], batch_size, seed, step)[lo:lo + local]
+        _put(q, stop, (step, images[idx], labels[idx]))
+      _put(q, stop, None)
+    except BaseException as e:  # pylint: disable=broad-except
+      # Handed to the consumer, which raises it: a dead producer must not leave
+      # the training loop waiting on an empty queue.
+      _put(q, stop, _Failed(e))
 
   q: queue.Queue = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
@@ -253,6 +258,25 @@ def train_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed:
       item = q.get()
       if item is None:
         return
+      if isinstance(item, _Failed):
+        raise item.error
       yield item
   finally:
     stop.set()
+
+
+class _Failed:
+  """What a failed producer thread puts on the queue instead of a batch."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def _put(q: queue.Queue, stop: threading.Event, item) -> None:
+  """``q.put(item)`` that gives up once the consumer has stopped (no thread left blocked)."""
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.1)
+      return
+    except queue.Full:
+      continue
