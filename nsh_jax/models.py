@@ -312,14 +312,16 @@ def heads(feats: jax.Array, bits: int, latent_dim: int, hidden: int = 0) -> dict
   """The two heads on features ``[n, F]`` (called inside a Flax module):
   ``hash`` (Dense -> ``logits`` and ``codes = tanh(logits)``) and ``latent``
   (Dense -> L2-normalised ``latents``); with ``hidden > 0`` each head is
-  Dense(hidden) -> ReLU -> Dense."""
+  Dense(hidden) -> ReLU -> Dense.  ``hash_input`` is what the last hash Dense
+  reads (``features``, or the hidden activations)."""
   def head(name, width):
     x = nn.relu(nn.Dense(hidden, name=f"{name}_hidden")(feats)) if hidden else feats
-    return nn.Dense(width, name=name)(x)
+    return nn.Dense(width, name=name)(x), x
 
-  logits = head("hash", bits)
-  latents = l2_normalize(head("latent", latent_dim))
-  return {"logits": logits, "codes": jnp.tanh(logits), "latents": latents, "features": feats}
+  logits, hash_input = head("hash", bits)
+  latents = l2_normalize(head("latent", latent_dim)[0])
+  return {"logits": logits, "codes": jnp.tanh(logits), "latents": latents, "features": feats,
+          "hash_input": hash_input}
 
 
 BACKBONES.register("small_cnn")(Backbone(

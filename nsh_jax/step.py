@@ -86,15 +86,16 @@ def length_term(config, step, outs, labels, centers, k: int):
 
 
 def head_kernel_gradients(config, step, outs, labels, centers) -> list:
-  """Each length's gradient ``g_k = f^T dL_k/dlogits`` of the hash head's kernel, with
-  the encoder outputs detached (``f`` the features)."""
+  """Each length's gradient ``g_k = h^T dL_k/dlogits`` ``[H, b_K]`` of the last hash
+  Dense's kernel, with the encoder outputs detached; ``h`` is that layer's input
+  (the features for a linear head, the hidden activations for an MLP head)."""
   detached = jax.tree.map(jax.lax.stop_gradient, outs)
 
   def loss_of_logits(logits, k):
     return length_term(config, step, detached | {"logits": logits, "codes": jnp.tanh(logits)},
                        labels, centers, k)[0]
 
-  return [detached["features"].T @ jax.grad(loss_of_logits)(detached["logits"], k)
+  return [detached["hash_input"].T @ jax.grad(loss_of_logits)(detached["logits"], k)
           for k in range(len(bit_list(config)))]
 
 
