@@ -40,6 +40,22 @@ def get_config():
   config.dataset.data_dir = ""
   config.dataset.download = False
   config.dataset.image_size = 32
+  # How the images split into training / queries / database (nsh_jax/protocol.py):
+  # 'standard' (test = queries, train = database = training set) or 'paper' (the
+  # NSH/CIBHash CIFAR-10 protocol: queries_per_class queries from test, the rest
+  # of test + train as database, train_per_class training images from it).
+  config.dataset.protocol = "standard"
+  config.dataset.split_seed = 0  # which images go where; independent of config.seed
+  config.dataset.queries_per_class = 100
+  config.dataset.train_per_class = 500
+  # Validation queries per class (model selection; 0: none), from the database
+  # outside the training images, evaluated against the database without them.
+  config.dataset.val_queries_per_class = 0
+  # Shuffle the database rows (split seed): Hamming ties are broken by row order,
+  # and a class-sorted database would bias mAP.
+  config.dataset.shuffle_database = True
+  # cifar10 without a prepared TFDS copy: this image folder/archive instead.
+  config.dataset.offline_copy = ""
   config.dataset.normalization = "imagenet"
   # Augmentation (nsh_jax/augment.py): random resized crop of area [min_scale, 1],
   # horizontal flip, colour jitter, grayscale; set from a preset of AUGMENTATIONS.
@@ -61,7 +77,7 @@ def get_config():
   # (needs model.frozen and model.pretrained); 0 runs the backbone every step.
   config.features = ml_collections.ConfigDict()
   config.features.views = 0
-  config.features.seed = 0
+  config.features.seed = -1  # -1: config.seed (each training seed its own views)
   config.features.chunk = 256
   config.features.cache_dir = ""  # "" = $NSH_JAX_CACHE or ~/.cache/nsh-jax/features
 
@@ -113,6 +129,8 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.top_k = 1000  # 0 = the whole database (mAP@all)
+  # Also report mAP at these depths (0 = the whole database), e.g. (100, 1000, 5000, 0).
+  config.eval.depths = ()
 
   config.quantizer = "sign"
   return config

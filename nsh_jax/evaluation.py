@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import augment, householder, metrics, retrieval
+from nsh_jax import augment, householder, metrics, protocol, retrieval
 from nsh_jax.errors import DataError, TrainingError
 from nsh_jax.state import bit_list
 
@@ -138,6 +138,22 @@ def write_codes(workdir: str, bits: int, query_codes, db_codes, splits) -> None:
                              retrieval.pack_codes(db_codes), bits)
 
 
+def _report(config, qc, dc, ql, dl, top_k) -> dict:
+  """:func:`metrics.evaluate_codes` plus ``map_at`` ``{k: mAP@k}`` for ``eval.depths``
+  (0: the whole database) -- how deep in the ranking a method's quality sits."""
+  r = metrics.evaluate_codes(qc, dc, ql, dl, top_k)
+  depths = tuple(config.eval.get("depths", ()))
+  if depths:
+    r["map_at"] = {str(d or "all"): metrics.mean_average_precision(qc, dc, ql, dl, d or None)
+                   for d in depths}
+  return r
+
+
+def _depth_text(r: dict) -> str:
+  return ("  [" + ", ".join(f"@{d} {v:.4f}" for d, v in r["map_at"].items()) + "]"
+          if r.get("map_at") else "")
+
+
 def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=print,
              encode_fn: Optional[Callable] = None, reference: Optional[tuple] = None) -> dict:
   """Encodes query and database and reports the standard metrics for every length.
@@ -159,11 +175,20 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
   top_k = config.eval.top_k or None
   result = {"top_k": top_k, "quantizer": config.quantizer, "by_bits": {}}
   quantizers = {}
+  val_labels = protocol.validation_view(splits, splits.db_labels)
+  if val_labels is not None:
+    result["validation"] = {}
   for b in bit_list(config):
     qc, dc, quantizers[b] = quantize_codes(config, train_emb, q_emb, db_emb, b)
-    r = metrics.evaluate_codes(qc, dc, splits.query_labels, splits.db_labels, top_k)
+    if val_labels is not None:  # model selection: validation queries, never the test ones
+      vq, vd = protocol.validation_view(splits, dc)
+      v = result["validation"][b] = _report(config, vq, vd, *val_labels, top_k)
+      log(f"val mAP@{top_k or 'all'} {b}-bit: {v['map']:.4f}  (P@H<=2 {v['p_at_h2']:.4f})"
+          + _depth_text(v))
+    r = _report(config, qc, dc, splits.query_labels, splits.db_labels, top_k)
     result["by_bits"][b] = r
-    log(f"mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}  (P@H<=2 {r['p_at_h2']:.4f})")
+    log(f"mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}  (P@H<=2 {r['p_at_h2']:.4f})"
+        + _depth_text(r))
     if workdir:
       write_codes(workdir, b, qc, dc, splits)
   curves = {}

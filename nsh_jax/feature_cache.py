@@ -6,7 +6,7 @@ it extracts, once,
 
 * ``train_views`` ``[N, K, F]`` -- features of K augmented views of every
   training image (view ``k`` of image ``i`` drawn with
-  ``fold_in(fold_in(PRNGKey(features.seed), k), i)`` by the one augmentation,
+  ``fold_in(fold_in(PRNGKey(view_seed), k), i)`` by the one augmentation,
   :func:`nsh_jax.augment.augment_one`);
 * ``train`` / ``query`` / ``database`` ``[*, F]`` -- features of the clean images
   (resized to ``dataset.image_size``), what evaluation and the baselines use;
@@ -38,7 +38,7 @@ import numpy as np
 from nsh_jax import augment, models
 from nsh_jax.files import digest_arrays, format_duration
 
-__all__ = ["FeatureSet", "cache_dir", "cache_key", "extract", "load_or_extract"]
+__all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "extract", "load_or_extract"]
 
 _AUG_KEYS = ("min_scale", "brightness", "contrast", "saturation", "hue", "jitter_prob",
              "gray_prob", "flip")
@@ -60,15 +60,22 @@ def cache_dir(config) -> str:
                             or os.path.join("~", ".cache", "nsh-jax", "features"))
 
 
+def view_seed(config) -> int:
+  """The seed of the cached views: ``features.seed``, or ``config.seed`` when it is -1
+  (the default: each training seed draws its own views)."""
+  seed = int(config.features.seed)
+  return int(config.seed) if seed < 0 else seed
+
+
 def cache_key(config, splits, weights_digest: str) -> Dict:
   """Everything the cached features depend on (its digest names the folder)."""
   ds = config.dataset
   return {"backbone": config.model.backbone, "weights": weights_digest,
           "image_size": int(ds.image_size), "normalization": ds.normalization,
           "augmentation": {k: float(ds[k]) for k in _AUG_KEYS},
-          "views": int(config.features.views), "seed": int(config.features.seed),
+          "views": int(config.features.views), "seed": view_seed(config),
           "data": digest_arrays(splits.train_images, splits.query_images, splits.db_images),
-          "format": 1}
+          "format": 2}
 
 
 def _write_atomic(path: str, array: np.ndarray) -> None:
@@ -140,15 +147,16 @@ def extract(config, splits, variables, folder: str, log=print) -> FeatureSet:
   clean, view = _jitted_backbone(config, variables)
   chunk, k_views = int(config.features.chunk), int(config.features.views)
   n_train = splits.train_images.shape[0]
-  db_is_train = splits.db_images is splits.train_images
-  named = [("train", splits.train_images), ("query", splits.query_images)]
-  if not db_is_train:
-    named.append(("database", splits.db_images))
+  # Training images that are database rows are not extracted twice.
+  named = [("query", splits.query_images), ("database", splits.db_images)]
+  if splits.train_rows is None:
+    named.insert(0, ("train", splits.train_images))
   progress = _Progress(n_train * k_views + sum(x.shape[0] for _, x in named), log)
   out = {name: _chunks(folder, name, x, chunk, lambda b, lo: clean(b), progress)
          for name, x in named}
-  out.setdefault("database", out["train"])
-  base = jax.random.PRNGKey(int(config.features.seed))
+  if splits.train_rows is not None:
+    out["train"] = out["database"][splits.train_rows]
+  base = jax.random.PRNGKey(view_seed(config))
   views = [_chunks(folder, f"view{k}", splits.train_images, chunk,
                    lambda b, lo, key=jax.random.fold_in(base, k): view(
                        key, b, jnp.arange(lo, lo + chunk, dtype=jnp.int32)), progress)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 
 import numpy as np
 
-__all__ = ["write_json", "read_json", "digest_arrays", "format_duration"]
+__all__ = ["write_json", "read_json", "digest_arrays", "format_duration", "code_version"]
 
 
 def digest_arrays(*arrays, length: int = 16) -> str:
@@ -43,3 +44,22 @@ def read_json(path: str, default=None):
       return json.load(f)
   except (OSError, ValueError):
     return default
+
+
+def code_version() -> dict:
+  """``{'package', 'commit', 'dirty'}`` of the code running now: the git commit of the
+  checkout holding this package and whether its tracked files differ from it (no git:
+  the package version alone)."""
+  from nsh_jax import __version__
+  here = os.path.dirname(os.path.abspath(__file__))
+  out = {"package": __version__, "commit": None, "dirty": None}
+  try:
+    git = lambda *a: subprocess.run(("git", "-C", here) + a, capture_output=True, text=True,
+                                    timeout=10)
+    head = git("rev-parse", "HEAD")
+    if head.returncode == 0:
+      out["commit"] = head.stdout.strip()
+      out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return out

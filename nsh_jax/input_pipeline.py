@@ -1,16 +1,17 @@
-"""Datasets and batches: TFDS / npz / bundled digits -> numpy uint8 batches.
+"""Datasets and batches: TFDS / image folders / npz / bundled digits -> numpy uint8 batches.
 
-Every dataset becomes a :class:`Splits` of uint8 NHWC images and labels (int
-``[n]`` or multi-hot ``[n, C]``): ``train`` (what the encoder learns from),
-``query`` and ``database`` (what retrieval is evaluated on).
+Every dataset becomes a :class:`~nsh_jax.protocol.Splits` of uint8 NHWC images
+and labels (int ``[n]`` or multi-hot ``[n, C]``): ``train`` (what the encoder
+learns from), ``query`` and ``database`` (what retrieval is evaluated on), and
+validation queries -- split by ``dataset.protocol`` (:mod:`nsh_jax.protocol`).
 
 * ``digits`` -- scikit-learn's bundled 8x8 digits upsampled to 32x32 RGB: the
-  offline default (20 queries per class, the rest database = train).
-* ``npz:PATH`` -- ``train_images/train_labels/test_images/test_labels``:
-  test = queries, train = database = training set.
-* ``cifar10`` -- TFDS; the unsupervised-hashing protocol: 1,000 queries
-  (100/class) from the test set, the other 59,000 images as database, 5,000
-  training images (500/class) drawn from the database; seeded.
+  offline default (20 queries per class from all images; the rest is train).
+* ``npz:PATH`` -- ``train_images/train_labels/test_images/test_labels``.
+* ``folder:PATH`` -- a directory or archive ``<split>/<class>/<image>``
+  (:mod:`nsh_jax.image_folder`).
+* ``cifar10`` -- TFDS where it is prepared or can be downloaded, else the image
+  folder at ``dataset.offline_copy``.
 * ``nus_wide`` / ``coco`` -- a user-provided directory with HashNet-style lists
   (``train.txt``, ``test.txt``, ``database.txt``: ``relative/path.jpg 0 1 0 ...``).
 
@@ -20,7 +21,6 @@ so a resumed run sees exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import threading
@@ -28,23 +28,10 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from nsh_jax import image_folder
 from nsh_jax.errors import DataError
+from nsh_jax.protocol import Splits, make_splits
 from nsh_jax.registry import Registry
-
-
-@dataclasses.dataclass
-class Splits:
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  query_images: np.ndarray
-  query_labels: np.ndarray
-  db_images: np.ndarray
-  db_labels: np.ndarray
-  num_classes: int
-
-  @property
-  def multi_label(self) -> bool:
-    return self.train_labels.ndim == 2
 
 
 # ------------------------------------------------------------------ validation
@@ -77,30 +64,22 @@ def check_labels(name: str, labels, n: int) -> np.ndarray:
 # --------------------------------------------------------------------- loaders
 
 
-def _balanced_pick(labels: np.ndarray, per_class: int, rng) -> np.ndarray:
-  picks = []
-  for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    if len(members) < per_class:
-      raise DataError(f"class {c} has {len(members)} images, fewer than {per_class} per class")
-    picks.append(rng.choice(members, per_class, replace=False))
-  return np.sort(np.concatenate(picks))
-
-
-def load_digits(seed: int = 0, queries_per_class: int = 20) -> Splits:
+def load_digits(config) -> Splits:
+  """scikit-learn's digits, 20 test queries per class (picked by ``dataset.split_seed``)."""
   from sklearn.datasets import load_digits as sk_digits
+  from nsh_jax.protocol import balanced_pick
   d = sk_digits()
   img = (d.images / 16.0 * 255.0).astype(np.uint8)  # [n, 8, 8]
   img = np.repeat(np.repeat(img, 4, axis=1), 4, axis=2)  # 32x32, nearest
   img = np.repeat(img[..., None], 3, axis=-1)
   labels = d.target.astype(np.int32)
-  rng = np.random.default_rng(seed)
-  q = _balanced_pick(labels, queries_per_class, rng)
+  q = balanced_pick(labels, 20, np.random.default_rng(int(config.dataset.split_seed)))
   rest = np.setdiff1d(np.arange(len(labels)), q)
-  return Splits(img[rest], labels[rest], img[q], labels[q], img[rest], labels[rest], 10)
+  return make_splits(config.dataset, (img[rest], labels[rest]), (img[q], labels[q]), 10)
 
 
-def load_npz(path: str) -> Splits:
+def load_npz(config, path: str) -> Splits:
+  """``train_images/train_labels/test_images/test_labels`` of an .npz, by ``dataset.protocol``."""
   if not os.path.exists(path):
     raise DataError(f"dataset file not found: {path} (dataset.name='npz:PATH' needs an "
                     f".npz with train_images/train_labels/test_images/test_labels)")
@@ -123,37 +102,60 @@ def load_npz(path: str) -> Splits:
   if trl.ndim != tel.ndim or (trl.ndim == 2 and trl.shape[1] != tel.shape[1]):
     raise DataError(f"{path}: train labels {trl.shape} and test labels {tel.shape} disagree")
   num_classes = trl.shape[1] if trl.ndim == 2 else int(max(trl.max(), tel.max()) + 1)
-  return Splits(tr, trl, te, tel, tr, trl, num_classes)
+  return make_splits(config.dataset, (tr, trl), (te, tel), num_classes)
 
 
-def load_cifar10(seed: int = 0, data_dir: Optional[str] = None, download: bool = True,
-                 queries_per_class: int = 100, train_per_class: int = 500) -> Splits:
+def load_folder(config, path: str) -> Splits:
+  """An image folder or archive ``<split>/<class>/<image>`` (:mod:`nsh_jax.image_folder`)."""
+  if not path:
+    raise DataError("dataset.name='folder:PATH' needs PATH: a directory or archive with "
+                    "train/<class>/<image> and test/<class>/<image>")
+  data, class_names = image_folder.read_split_folder(path, int(config.dataset.image_size))
+  names = {s: v[2] for s, v in data.items()}
+  return make_splits(config.dataset, data["train"][:2], data["test"][:2], len(class_names),
+                     data["database"][:2] if "database" in data else None, class_names, names)
+
+
+def _tfds_prepared(data_dir: Optional[str]) -> bool:
+  import tensorflow_datasets as tfds
+  try:
+    return bool(tfds.builder("cifar10", data_dir=data_dir).is_prepared())
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def load_cifar10(config) -> Splits:
+  """CIFAR-10: TFDS where it is prepared (or may be downloaded), else the local image-folder
+  copy ``dataset.offline_copy``; split by ``dataset.protocol``."""
+  ds = config.dataset
+  data_dir = ds.data_dir or None
+  local = os.path.expanduser(ds.offline_copy) if ds.offline_copy else ""
+  if not _tfds_prepared(data_dir) and local and os.path.exists(local):
+    print(f"data: TFDS cifar10 is not prepared here; reading the local copy {local} "
+          f"(JPEG re-encoding of CIFAR-10)")
+    return load_folder(config, local)
   import tensorflow_datasets as tfds
   try:
     train, test = tfds.load("cifar10", split=["train", "test"], as_supervised=True,
-                            data_dir=data_dir, download=download)
+                            data_dir=data_dir, download=bool(ds.download))
   except Exception as e:
-    raise DataError(f"TFDS cifar10 is not available ({type(e).__name__}): run once with "
-                    f"internet to download it, or set dataset.data_dir to a prepared TFDS dir")
+    raise DataError(f"TFDS cifar10 is not available ({type(e).__name__}) and no local copy "
+                    f"at dataset.offline_copy={ds.offline_copy!r}: run once with internet to "
+                    f"download it, or point dataset.offline_copy at an image folder")
   # Batched reads, not batch_size=-1: that crashes TF on generator-backed
   # datasets of unknown size (tfds.testing.mock_data).
-  def to_numpy(ds):
-    parts = list(tfds.as_numpy(ds.batch(10000)))
+  def to_numpy(d):
+    parts = list(tfds.as_numpy(d.batch(10000)))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-  tr_x, tr_y = to_numpy(train)
-  te_x, te_y = to_numpy(test)
-  rng = np.random.default_rng(seed)
-  q = _balanced_pick(te_y, queries_per_class, rng)
-  rest_test = np.setdiff1d(np.arange(len(te_y)), q)
-  db_x = np.concatenate([tr_x, te_x[rest_test]])
-  db_y = np.concatenate([tr_y, te_y[rest_test]]).astype(np.int32)
-  t = _balanced_pick(db_y, train_per_class, rng)
-  return Splits(db_x[t], db_y[t], te_x[q], te_y[q].astype(np.int32), db_x, db_y, 10)
+  names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+  return make_splits(ds, to_numpy(train), to_numpy(test), 10, class_names=names)
 
 
-def load_list_dir(name: str, data_dir: Optional[str], image_size: int) -> Splits:
-  """NUS-WIDE / COCO from HashNet-style lists in ``data_dir``."""
+def load_list_dir(config, name: str) -> Splits:
+  """NUS-WIDE / COCO from HashNet-style lists in ``dataset.data_dir``."""
+  data_dir, image_size = config.dataset.data_dir or None, int(config.dataset.image_size)
   how = {"nus_wide": "NUS-WIDE-21 (HashNet lists: 10,500 train / 2,100 test)",
          "coco": "MS-COCO (HashNet lists: 10,000 train / 5,000 test)"}[name]
   if not data_dir or not os.path.isdir(data_dir):
@@ -178,18 +180,17 @@ def load_list_dir(name: str, data_dir: Optional[str], image_size: int) -> Splits
                                 .resize((image_size, image_size))) for p in paths])
     out[split] = (imgs.astype(np.uint8), np.asarray(labels, np.int32))
   labels = out["train"][1]
-  return Splits(*out["train"], *out["test"], *out["database"], labels.shape[1])
+  return make_splits(config.dataset, out["train"], out["test"], labels.shape[1],
+                     out["database"])
 
 
 DATASETS = Registry("dataset", "dataset.name")
-DATASETS.register("digits")(lambda config, arg: load_digits(config.seed))
-DATASETS.register("npz")(lambda config, path: load_npz(os.path.expanduser(path)))
-DATASETS.register("cifar10")(lambda config, arg: load_cifar10(
-    config.seed, config.dataset.data_dir or None, config.dataset.download))
-DATASETS.register("nus_wide")(lambda config, arg: load_list_dir(
-    "nus_wide", config.dataset.data_dir or None, config.dataset.image_size))
-DATASETS.register("coco")(lambda config, arg: load_list_dir(
-    "coco", config.dataset.data_dir or None, config.dataset.image_size))
+DATASETS.register("digits")(lambda config, arg: load_digits(config))
+DATASETS.register("npz")(lambda config, path: load_npz(config, os.path.expanduser(path)))
+DATASETS.register("folder")(lambda config, path: load_folder(config, os.path.expanduser(path)))
+DATASETS.register("cifar10")(lambda config, arg: load_cifar10(config))
+DATASETS.register("nus_wide")(lambda config, arg: load_list_dir(config, "nus_wide"))
+DATASETS.register("coco")(lambda config, arg: load_list_dir(config, "coco"))
 
 
 def split_name(name: str) -> Tuple[str, str]:
@@ -203,7 +204,8 @@ def load(config) -> Splits:
   kind, arg = split_name(config.dataset.name)
   if kind not in DATASETS:
     raise DataError(f"unknown dataset.name {config.dataset.name!r}; use one of "
-                    f"{', '.join(n for n in DATASETS.names() if n != 'npz')} or npz:/path/file.npz")
+                    f"{', '.join(n for n in DATASETS.names() if n not in ('npz', 'folder'))}, "
+                    f"npz:/path/file.npz or folder:/path/to/images")
   return DATASETS.get(kind)(config, arg)
 
 

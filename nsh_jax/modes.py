@@ -101,6 +101,7 @@ def evaluate_mode(config, workdir, options):
   splits, state, mesh, encode, reference = _splits_and_trained(config, workdir)
   result = evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
                                reference=reference)
+  result.update(train.provenance(config, reference[0]))
   path = os.path.join(workdir, "metrics.json")
   if jax.process_index() == 0:
     write_json(path, _with_training_record(path, result))

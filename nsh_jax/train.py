@@ -22,9 +22,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, losses, models, optim,
                      state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
-from nsh_jax.files import digest_arrays, format_duration, read_json, write_json
+from nsh_jax.files import code_version, digest_arrays, format_duration, read_json, write_json
 
-__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "reference_features"]
+__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "reference_features",
+           "provenance"]
 
 
 @dataclasses.dataclass
@@ -211,7 +212,9 @@ def _header(run: _Run, start_step: int) -> None:
   resume = f" (resuming at step {start_step})" if start_step else ""
   for line in (f"nsh-jax: {c.loss.name} on {c.dataset.name}",
                f"  data      train {s.train_images.shape[0]:,} | query {s.query_images.shape[0]:,} | "
-               f"database {s.db_images.shape[0]:,} images ({shape}), {s.num_classes} classes",
+               f"database {s.db_images.shape[0]:,} images ({shape}), {s.num_classes} classes"
+               + ("" if s.val_rows is None else f" | validation {len(s.val_rows):,} queries")
+               + f" | {c.dataset.protocol} protocol, split seed {c.dataset.split_seed}",
                f"  model     {c.model.backbone} ({how}) | codes {lengths} bits"
                + ("" if c.quantizer == "sign" else f" ({c.quantizer} on the hash layer)")
                + f" | input {c.dataset.image_size}px",
@@ -227,6 +230,8 @@ def _summary(run: _Run, result: dict) -> None:
   k = result["top_k"] or "all"
   run.log(f"\nmAP@{k}".ljust(24) + "".join(f"{b}-bit".rjust(9) for b in lengths))
   rows = [(f"model ({run.config.loss.name})", {b: result["by_bits"][b]["map"] for b in lengths})]
+  if "validation" in result:  # what model selection reads
+    rows.append(("model on validation", {b: result["validation"][b]["map"] for b in lengths}))
   rows += list(result["baselines"].items())
   rows.append(("model P@H<=2", {b: result["by_bits"][b]["p_at_h2"] for b in lengths}))
   for name, values in rows:
@@ -244,6 +249,21 @@ def reference_features(config, inputs: _Inputs, splits, state, mesh):
   encode = evaluation.make_encode_fn(config, mesh, output="features")
   return tuple(evaluation.encode_images(encode, state, x, mesh)
                for x in (splits.train_images, splits.query_images, splits.db_images))
+
+
+def provenance(config, splits) -> dict:
+  """What a result was computed from: the full config, the code version and a digest
+  of the data as split (images and labels of train, query and database), the class
+  names and the split sizes -- so that no table reuses a run of another config or code."""
+  sizes = {"train": int(splits.train_labels.shape[0]), "query": int(splits.query_labels.shape[0]),
+           "database": int(splits.db_labels.shape[0]),
+           "validation": 0 if splits.val_rows is None else int(len(splits.val_rows))}
+  return {"config": config.to_dict(), "code_version": code_version(),
+          "data_digest": digest_arrays(splits.train_images, splits.train_labels,
+                                       splits.query_images, splits.query_labels,
+                                       splits.db_images, splits.db_labels),
+          "class_names": list(splits.class_names) if splits.class_names else None,
+          "split_sizes": sizes}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
@@ -273,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
                                log=log, encode_fn=encode_fn, reference=reference)
   result["train_seconds"] = train_seconds
   result["history"] = run.history
+  result.update(provenance(config, splits))
   _summary(run, result)
   _write_eval_events(run, result, int(config.train.steps))
   if run.writer:

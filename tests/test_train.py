@@ -142,14 +142,23 @@ def test_bad_npz_is_a_clear_error(tmp_path, change, expect):
   from nsh_jax import input_pipeline
   path = _npz(str(tmp_path / "d.npz"), **change)
   with pytest.raises(input_pipeline.DataError, match=expect):
-    input_pipeline.load_npz(path)
+    input_pipeline.load_npz(_data_config(), path)
+
+
+def _data_config(**dataset):
+  from configs import base
+  c = base.get_config()
+  for k, v in dataset.items():
+    c.dataset[k] = v
+  return c
 
 
 def test_cifar10_split_with_mock_data():
   import tensorflow_datasets as tfds
   from nsh_jax import input_pipeline
+  c = _data_config(name="cifar10", protocol="paper", queries_per_class=10, train_per_class=50)
   with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
-    splits = input_pipeline.load_cifar10(seed=0, queries_per_class=10, train_per_class=50)
+    splits = input_pipeline.load_cifar10(c)
   # mock_data gives train and test the same 1500 examples each.
   assert splits.query_images.shape == (100, 32, 32, 3)
   assert splits.db_images.shape[0] == 3000 - 100
@@ -169,10 +178,12 @@ def test_cifar10_split_sizes_at_full_scale(monkeypatch):
   monkeypatch.setattr(tfds, "load", lambda *a, **k: [
       tf.data.Dataset.from_tensor_slices(fake["train"]),
       tf.data.Dataset.from_tensor_slices(fake["test"])])
-  s = input_pipeline.load_cifar10(seed=3)
+  monkeypatch.setattr(input_pipeline, "_tfds_prepared", lambda data_dir: True)
+  c = _data_config(name="cifar10", protocol="paper", split_seed=3)
+  s = input_pipeline.load_cifar10(c)
   assert (len(s.query_labels), len(s.db_labels), len(s.train_labels)) == (1000, 59000, 5000)
   assert np.all(np.bincount(s.query_labels) == 100) and np.all(np.bincount(s.train_labels) == 500)
-  s2 = input_pipeline.load_cifar10(seed=3)
+  s2 = input_pipeline.load_cifar10(c)
   np.testing.assert_array_equal(s.train_labels, s2.train_labels)
 
 
@@ -188,7 +199,7 @@ def test_batches_are_a_function_of_the_step():
 @pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="shared CIFAR-10 prefix absent")
 def test_shared_cifar_prefix_loads():
   from nsh_jax import input_pipeline
-  s = input_pipeline.load_npz(SHARED_NPZ)
+  s = input_pipeline.load_npz(_data_config(), SHARED_NPZ)
   assert s.train_images.shape == (5085, 32, 32, 3) and s.query_images.shape == (1017, 32, 32, 3)
   assert s.num_classes == 10
 

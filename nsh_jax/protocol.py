@@ -1,0 +1,169 @@
+"""Evaluation protocols: which images train, which are queries, which form the database.
+
+A labelled set (``train`` and ``test`` splits, optionally a ``database`` split)
+becomes a :class:`Splits` by ``dataset.protocol``, seeded by ``dataset.split_seed``
+(independent of the training seed ``config.seed``):
+
+* ``'standard'`` -- the test split are the queries; the database is the
+  ``database`` split if there is one, else the train split; the encoder trains on
+  the train split.
+* ``'paper'`` -- the unsupervised-hashing protocol of NSH / CIBHash / BiHalf on
+  CIFAR-10: ``queries_per_class`` queries per class from the test split; the rest
+  of the test split, the train split (and a ``database`` split) form the database;
+  ``train_per_class`` training images per class drawn from the database.
+
+**Validation queries** (``val_queries_per_class > 0``): that many per class drawn
+from the database rows outside the training images (``'paper'``), or, where every
+database row trains (``'standard'`` without a database split), from the training
+images, which then no longer train.  They are evaluated against the database
+without them (:func:`validation_view`).  Model selection reads these; the test
+queries are for the final table.
+
+**Database order.**  Hamming ranking breaks ties by database position, and
+folders are read class by class, so the database is shuffled by the split seed
+(``shuffle_database``; label-agnostic) -- ties are then broken at random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from nsh_jax.errors import DataError
+
+__all__ = ["Splits", "PROTOCOLS", "make_splits", "balanced_pick", "validation_view"]
+
+PROTOCOLS = ("standard", "paper")
+
+
+@dataclasses.dataclass
+class Splits:
+  """uint8 NHWC images and labels (int ``[n]`` or multi-hot ``[n, C]``) of one protocol.
+
+  ``train_rows`` (if known): database row of each training image;
+  ``val_rows``: database rows that are validation queries (none: ``None``);
+  ``class_names``: label ``i`` is ``class_names[i]``; ``db_names``: file of each
+  database row, where the data came from files.
+  """
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  query_images: np.ndarray
+  query_labels: np.ndarray
+  db_images: np.ndarray
+  db_labels: np.ndarray
+  num_classes: int
+  class_names: Optional[Tuple[str, ...]] = None
+  train_rows: Optional[np.ndarray] = None
+  val_rows: Optional[np.ndarray] = None
+  db_names: Optional[Tuple[str, ...]] = None
+
+  @property
+  def multi_label(self) -> bool:
+    return self.train_labels.ndim == 2
+
+
+def balanced_pick(labels: np.ndarray, per_class: int, rng, among=None) -> np.ndarray:
+  """``per_class`` rows of each class (sorted), drawn without replacement from ``among``
+  (default: all rows)."""
+  among = np.arange(len(labels)) if among is None else np.asarray(among)
+  picks = []
+  for c in np.unique(labels):
+    members = among[labels[among] == c]
+    if len(members) < per_class:
+      raise DataError(f"class {c} has {len(members)} images to draw from, fewer than "
+                      f"{per_class} per class")
+    picks.append(rng.choice(members, per_class, replace=False))
+  return np.sort(np.concatenate(picks))
+
+
+def _has(labels: np.ndarray, rows: np.ndarray, per_class: int) -> bool:
+  counts = np.bincount(labels[rows], minlength=int(labels.max()) + 1)
+  return bool(np.all(counts[np.unique(labels)] >= per_class))
+
+
+def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
+                num_classes: int, database: Optional[tuple] = None,
+                class_names: Optional[Sequence[str]] = None,
+                names: Optional[dict] = None) -> Splits:
+  """:class:`Splits` of ``(images, labels)`` pairs under ``ds`` = ``config.dataset``
+  (``protocol``, ``split_seed``, ``queries_per_class``, ``train_per_class``,
+  ``val_queries_per_class``, ``shuffle_database``); ``names`` optionally maps
+  ``'train'``/``'test'``/``'database'`` to each image's file name."""
+  if ds.protocol not in PROTOCOLS:
+    raise DataError(f"config.dataset.protocol={ds.protocol!r} is not one of {PROTOCOLS}")
+  names = names or {}
+  rng = np.random.default_rng([int(ds.split_seed), 0x5EED])
+  (tr_x, tr_y), (te_x, te_y) = train, test
+  multi = np.asarray(tr_y).ndim == 2
+  if ds.protocol == "paper":
+    if multi:
+      raise DataError("dataset.protocol='paper' draws per class; multi-label data needs "
+                      "'standard' (its lists say which images are queries)")
+    q = balanced_pick(te_y, int(ds.queries_per_class), rng)
+    rest = np.setdiff1d(np.arange(len(te_y)), q)
+    parts = [(tr_x, tr_y, names.get("train")), (te_x[rest], te_y[rest],
+             None if names.get("test") is None else [names["test"][i] for i in rest])]
+    if database is not None:
+      parts.append(database + (names.get("database"),))
+    db_x = np.concatenate([p[0] for p in parts])
+    db_y = np.concatenate([p[1] for p in parts])
+    db_n = (None if any(p[2] is None for p in parts) else
+            [n for p in parts for n in p[2]])
+    q_x, q_y = te_x[q], te_y[q]
+    train_rows = balanced_pick(db_y, int(ds.train_per_class), rng)
+    trains_on_db = True
+  else:
+    q_x, q_y = te_x, te_y
+    if database is not None:
+      db_x, db_y = database
+      db_n = names.get("database")
+      train_rows = None  # the train split is its own
+      trains_on_db = False
+    else:
+      db_x, db_y, db_n = tr_x, tr_y, names.get("train")
+      train_rows = np.arange(len(db_y))
+      trains_on_db = True
+  val_rows = None
+  per = int(ds.val_queries_per_class)
+  if per:
+    if multi:
+      raise DataError("dataset.val_queries_per_class draws per class; multi-label data has "
+                      "no classes to balance (set it to 0)")
+    outside = (np.arange(len(db_y)) if train_rows is None
+               else np.setdiff1d(np.arange(len(db_y)), train_rows))
+    if len(outside) and _has(db_y, outside, per):
+      val_rows = balanced_pick(db_y, per, rng, outside)
+    elif trains_on_db:  # every database row trains: validation takes some of them
+      val_rows = balanced_pick(db_y, per, rng, train_rows)
+      train_rows = train_rows[~np.isin(train_rows, val_rows)]
+    else:
+      raise DataError(f"too few database images outside training for "
+                      f"{per} validation queries per class")
+  db_x, db_y = np.asarray(db_x), np.asarray(db_y).astype(np.int32)
+  if ds.shuffle_database:
+    perm = rng.permutation(len(db_y))  # new row r holds old row perm[r]
+    where = np.empty_like(perm)
+    where[perm] = np.arange(len(perm))
+    db_x, db_y = db_x[perm], db_y[perm]
+    db_n = None if db_n is None else [db_n[i] for i in perm]
+    train_rows = None if train_rows is None else where[train_rows]
+    val_rows = None if val_rows is None else np.sort(where[val_rows])
+  if train_rows is not None:
+    t_x, t_y = db_x[train_rows], db_y[train_rows]
+  else:
+    t_x, t_y = tr_x, np.asarray(tr_y).astype(np.int32)
+  return Splits(t_x, t_y, q_x, np.asarray(q_y).astype(np.int32), db_x, db_y, int(num_classes),
+                tuple(class_names) if class_names is not None else None, train_rows,
+                val_rows, tuple(db_n) if db_n is not None else None)
+
+
+def validation_view(splits: Splits, db_values: np.ndarray):
+  """``(validation queries, database without them)`` rows of ``db_values`` (codes,
+  embeddings or labels of the database), or ``None`` without validation queries."""
+  if splits.val_rows is None:
+    return None
+  keep = np.ones(len(db_values), bool)
+  keep[splits.val_rows] = False
+  return db_values[splits.val_rows], db_values[keep]
