@@ -7,6 +7,15 @@ import numpy as np
 from conftest import ROOT
 
 
+def without_compile_cache(env: dict) -> dict:
+  """``env`` without JAX's persistent compilation cache: for tests whose SIGKILLs are
+  timed against a run's progress (a cache hit would move them)."""
+  env = dict(env)
+  for k in ("JAX_COMPILATION_CACHE_DIR", "NSH_JAX_TEST_COMPILE_CACHE"):
+    env.pop(k, None)
+  return env
+
+
 def run_main(args, env_extra=None, timeout=600):
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
   env.update(env_extra or {})
@@ -33,3 +42,12 @@ def checkpoint_params(workdir, step):
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
   return {"/".join(str(k) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
+
+
+def tiny_config(steps: int = 4):
+  """The config of ``TINY + --config.train.steps=steps``, for in-process calls of a mode."""
+  from configs import default
+  c = default.get_config()
+  c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 16, 2, 2
+  c.model.bit_list, c.model.latent_dim, c.eval.top_k, c.train.steps = (16,), 16, 100, steps
+  return c

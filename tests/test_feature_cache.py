@@ -24,7 +24,8 @@ def _splits(n=20, q=6, seed=0):
   x = rng.integers(0, 255, (n + q, 32, 32, 3)).astype(np.uint8)
   y = rng.integers(0, 2, n + q).astype(np.int32)
   train, labels = x[:n], y[:n]
-  return input_pipeline.Splits(train, labels, x[n:], y[n:], train, labels, 2)
+  return input_pipeline.Splits(train, labels, x[n:], y[n:], train, labels, 2,
+                               train_rows=np.arange(n))
 
 
 def test_cached_views_are_two_distinct_views_per_example():
@@ -47,7 +48,9 @@ def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
   logs = []
   fs = feature_cache.load_or_extract(c, splits, variables, digest, logs.append)
   assert fs.train_views.shape == (20, 2, 1280) and fs.query.shape == (6, 1280)
-  assert fs.database is fs.train  # the prefix protocol: database = train, extracted once
+  # the prefix protocol: training images are database rows, extracted once
+  np.testing.assert_array_equal(fs.train, fs.database)
+  assert not any(f.startswith("train_") for f in os.listdir(fs.path))
   assert not np.allclose(fs.train_views[:, 0], fs.train_views[:, 1])  # two different views
   assert any("images/s" in line for line in logs)
   # The clean features are the backbone's on the resized images.
@@ -87,6 +90,26 @@ def test_training_on_the_cache_end_to_end(tmp_path):
   assert "features: extracting" in res.stdout and "itq-features mAP@10 16-bit:" in res.stdout
   m = json.load(open(tmp_path / "a" / "metrics.json"))
   assert set(m["baselines"]) == {"itq-features", "lsh-features", "itq-pixels", "lsh-pixels"}
-  res = run_main(args + [f"--workdir={tmp_path / 'b'}", "--config.seed=1"])
+  res = run_main(args + [f"--workdir={tmp_path / 'b'}", "--config.seed=1",
+                         "--config.features.seed=0"])
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "features: reusing the cache" in res.stdout
+  assert "features: reusing the cache" in res.stdout  # seed 0's views, asked for by name
+
+  # New images through the frozen backbone and the trained heads: the same codes as
+  # the run's own database codes for the same images (written as lossless PNGs).
+  from PIL import Image
+  from nsh_jax import input_pipeline, modes, retrieval
+  from configs import cifar_prefix_pretrained
+  c = cifar_prefix_pretrained.get_config()
+  c.dataset.name, c.dataset.image_size, c.features.views = f"npz:{data}", 32, 2
+  c.features.cache_dir, c.train.steps, c.train.batch_size = str(tmp_path / "cache"), 4, 16
+  c.model.bit_list, c.model.head_hidden, c.eval.top_k = (16,), 32, 10
+  db = input_pipeline.load(c).db_images
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for i, im in enumerate(db):
+    Image.fromarray(im).save(folder / f"{i:04d}.png")
+  modes.MODES.get("index")(c, str(tmp_path / "a"), {"input": str(folder), "output": None})
+  got = retrieval.load_index(str(tmp_path / "a" / "index" / "codes_16bit.npz"))["codes"]
+  want = retrieval.load_index(str(tmp_path / "a" / "codes" / "database_16bit.npz"))["codes"]
+  np.testing.assert_array_equal(got, want)

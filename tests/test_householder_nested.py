@@ -40,7 +40,8 @@ def test_h2q_beats_random_rotation():
   rot, _ = np.linalg.qr(np.random.default_rng(9).normal(size=(16, 16)))
   random_loss = float(householder.h2q_loss(jnp.asarray(zs @ rot)))
   assert learned < 0.5 * random_loss
-  assert q["val_loss"] <= q["history"][0]
+  # The returned rotation is the best held-out epoch's, and it improved on the start.
+  assert q["val_loss"] == min(q["history"]) and q["val_loss"] < 0.9 * q["history"][0]
   u = q["projection"]
   np.testing.assert_allclose(u @ u.T, np.eye(16), atol=1e-4)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from helpers import TINY, checkpoint_params
+from helpers import TINY, checkpoint_params, without_compile_cache
 
 STEPS = 12
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
@@ -31,8 +31,9 @@ def _port() -> int:
 def _env(devices: int) -> dict:
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
-              XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
+  return without_compile_cache(dict(
+      os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+      XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])))
 
 
 def _start(workdir, processes: int, port=None):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from helpers import TINY, checkpoint_params, run_main
+from helpers import TINY, checkpoint_params, run_main, without_compile_cache
 
 STEPS = 12
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
@@ -24,7 +24,7 @@ def _final_params(workdir, step=STEPS):
 
 
 def _start(args):
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+  env = without_compile_cache(dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
   return subprocess.Popen([sys.executable, "main.py"] + args, cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

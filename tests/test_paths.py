@@ -1,0 +1,213 @@
+"""Paths no test used to run (issue #31), each against an independent reference or a known answer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base, cifar_prefix_pretrained
+from nsh_jax import (augment, feature_cache, input_pipeline, losses, metrics, protocol, sorting,
+                     state as state_lib)
+from test_metrics_retrieval import ref_ap
+from test_sorted_nce import random_problem
+
+
+# ------------------------------------------------------- evaluate_codes, the reported numbers
+
+
+def _ref_report(q, x, ql, dl, k, ns):
+  """Brute force of every number evaluate_codes returns (ties by database index)."""
+  qs, xs = np.where(q >= 0, 1, -1), np.where(x >= 0, 1, -1)
+  dist = (q.shape[1] - qs @ xs.T) // 2
+  rel = ql[:, None] == dl[None, :]
+  order = np.argsort(dist, axis=1, kind="stable")
+  ranked = np.take_along_axis(rel, order, 1)
+  p_at_n = {n: float(ranked[:, :n].mean()) for n in ns}
+  within = dist <= 2
+  p_h2 = float(np.mean([rel[i, within[i]].mean() if within[i].any() else 0.0
+                        for i in range(len(q))]))
+  return ref_ap(q, x, ql, dl, k), p_at_n, p_h2
+
+
+@pytest.mark.parametrize("bits,k", [(8, 20), (16, None)])
+def test_evaluate_codes_matches_brute_force(bits, k):
+  rng = np.random.default_rng(bits)
+  x, q = rng.normal(size=(120, bits)), rng.normal(size=(15, bits))
+  x[:20] = x[20:40]  # exact ties
+  dl, ql = rng.integers(0, 4, 120), rng.integers(0, 5, 15)
+  r = metrics.evaluate_codes(q, x, ql, dl, k, ns=(1, 10, 50))
+  want_map, want_pn, want_h2 = _ref_report(q, x, ql, dl, 120 if k is None else k, (1, 10, 50))
+  assert r["map"] == pytest.approx(want_map, abs=1e-6)
+  assert r["p_at_h2"] == pytest.approx(want_h2, abs=1e-6)
+  for n, v in want_pn.items():
+    assert r["precision_at_n"][n] == pytest.approx(v, abs=1e-6)
+  assert r["map"] == metrics.mean_average_precision(q, x, ql, dl, k)
+  assert r["p_at_h2"] == metrics.precision_within_radius(q, x, ql, dl, 2)
+
+
+# ------------------------------------------------------------------ supervised losses
+
+
+def test_dpsh_loss_matches_its_formula():
+  rng = np.random.default_rng(0)
+  u = rng.normal(size=(6, 8)).astype(np.float32)
+  y = np.array([0, 1, 0, 2, 1, 0])
+  s = (y[:, None] == y[None, :]).astype(np.float64)
+  theta = 0.5 * u.astype(np.float64) @ u.T.astype(np.float64)
+  want = np.mean(np.log1p(np.exp(theta)) - s * theta)
+  assert float(losses.dpsh_loss(jnp.asarray(u), jnp.asarray(y))) == pytest.approx(want, rel=1e-4)
+
+
+def test_label_similarity_multi_hot_and_hadamard_centres():
+  a = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(losses.label_similarity(a, a)),
+                                [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+  c = np.asarray(losses.hadamard_centers(10, 16))
+  assert c.shape == (10, 16) and set(np.unique(c)) <= {-1.0, 1.0}
+  d = (16 - c @ c.T) / 2  # Hamming distances between centres: Hadamard rows are 8 apart
+  off = d[~np.eye(10, dtype=bool)]
+  assert off.min() >= 8
+
+
+# ------------------------------------------------------------ SortedNCE's XLA-sort path
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_xla_sort_path_equals_the_sorting_network(monkeypatch, ties):
+  """GPU/TPU (and CPU with n > 4096) sort with XLA; values and tie-correct gradients
+  must equal the sorting network's."""
+  rng = np.random.default_rng(7)
+  a, b, za, zb = (jnp.asarray(v, jnp.float32) for v in random_problem(rng, 48, 16, 8, ties))
+  loss = lambda a, b, za, zb: losses.sorted_nce(a, b, za, zb, num_positives=3,
+                                                sort_temperature=0.1)
+  grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+  v_net, g_net = loss(a, b, za, zb), grad(a, b, za, zb)
+  calls = []
+  real = jnp.argsort
+  monkeypatch.setattr(sorting, "_NETWORK_MAX_N", 0)
+  monkeypatch.setattr(sorting.jnp, "argsort", lambda *x, **k: calls.append(1) or real(*x, **k))
+  v_xla, g_xla = loss(a, b, za, zb), grad(a, b, za, zb)
+  assert calls, "the XLA sort path did not run"
+  np.testing.assert_allclose(v_xla, v_net, rtol=1e-6)
+  for x, y in zip(g_xla, g_net):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_ott_sorter_ranks_largest_first():
+  scores = jnp.asarray([0.1, 0.9, 0.5, -0.3, 0.7])
+  p = np.asarray(sorting.ott_soft_permutation(scores, epsilon=1e-3, max_iterations=2000))
+  np.testing.assert_array_equal(p.argmax(axis=1), np.argsort(-np.asarray(scores)))
+  values = np.arange(5.0)
+  np.testing.assert_allclose(p @ values, values[np.argsort(-np.asarray(scores))], atol=0.05)
+
+
+# ----------------------------------------------------------------- augmentation semantics
+
+
+def _aug_cfg(**kw):
+  ds = base.get_config().dataset
+  base.augmentation(base.get_config(), "digits")
+  for k, v in dict(min_scale=1.0, flip=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
+                   hue=0.0, jitter_prob=0.0, gray_prob=0.0, image_size=8).items():
+    ds[k] = v
+  for k, v in kw.items():
+    ds[k] = v
+  return ds
+
+
+def test_augmentation_at_zero_strength_is_the_identity_and_flip_mirrors():
+  img = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 3))
+  key = jax.random.PRNGKey(1)
+  np.testing.assert_allclose(augment._color_jitter(key, img, (0.0, 0.0, 0.0, 0.0)), img,
+                             atol=1e-5)
+  plain = augment.augment_one(key, img, _aug_cfg())  # the crop alone (same key, same crop)
+  np.testing.assert_allclose(augment.augment_one(key, img, _aug_cfg(jitter_prob=1.0)), plain,
+                             atol=1e-5)  # jitter of zero strength changes nothing
+  np.testing.assert_allclose(augment.augment_one(key, img, _aug_cfg(flip=1.0)), plain[:, ::-1],
+                             atol=1e-6)
+  gray = augment.augment_one(key, img, _aug_cfg(gray_prob=1.0))
+  np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+  for k in range(20):  # strong jitter and crops stay images in [0, 1]
+    x = augment.augment_one(jax.random.PRNGKey(k), img, _aug_cfg(
+        min_scale=0.2, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.4, jitter_prob=1.0))
+    assert x.shape == (8, 8, 3) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+# ------------------------------------------------------------ feature-cache key invalidation
+
+
+@pytest.mark.parametrize("change", [
+    ("dataset", "min_scale", 0.9), ("dataset", "flip", 0.0), ("dataset", "image_size", 96),
+    ("dataset", "normalization", "imagenet"), ("features", "seed", 5), ("features", "views", 3),
+    ("seed", None, 1), ("weights", None, "other"), ("data", None, None)])
+def test_feature_cache_key_changes_with_everything_it_depends_on(change):
+  c = cifar_prefix_pretrained.get_config()
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 255, (6, 4, 4, 3)).astype(np.uint8)
+  s = protocol.Splits(x, np.zeros(6, np.int32), x[:2], np.zeros(2, np.int32), x,
+                      np.zeros(6, np.int32), 1)
+  key = feature_cache.cache_key(c, s, "w")
+  section, name, value = change
+  weights = "w"
+  if section == "weights":
+    weights = value
+  elif section == "data":
+    x2 = x.copy()
+    x2[0, 0, 0, 0] ^= 1
+    s = protocol.Splits(x2, s.train_labels, x[:2], s.query_labels, x2, s.db_labels, 1)
+  elif section == "seed":
+    c.seed = value  # features.seed = -1 follows the training seed
+  else:
+    c[section][name] = value
+  assert feature_cache.cache_key(c, s, weights) != key
+
+
+# ----------------------------------------------------------------- multi-hot and slicing
+
+
+def test_multi_hot_npz_through_the_standard_protocol(tmp_path):
+  rng = np.random.default_rng(0)
+  path = str(tmp_path / "multi.npz")
+  np.savez(path, train_images=rng.integers(0, 255, (12, 4, 4, 3)).astype(np.uint8),
+           train_labels=(rng.random((12, 5)) < 0.4).astype(np.int32),
+           test_images=rng.integers(0, 255, (3, 4, 4, 3)).astype(np.uint8),
+           test_labels=(rng.random((3, 5)) < 0.4).astype(np.int32))
+  c = base.get_config()
+  c.dataset.name = f"npz:{path}"
+  s = input_pipeline.load(c)
+  assert s.multi_label and s.num_classes == 5 and s.db_labels.shape == (12, 5)
+  c.dataset.val_queries_per_class = 1
+  with pytest.raises(input_pipeline.DataError, match="multi-label"):
+    input_pipeline.load(c)
+
+
+def test_each_process_gets_its_slice_of_the_global_batch():
+  images = np.arange(40)[:, None] * np.ones((1, 2))
+  labels = np.arange(40)
+  whole = [b for _, b, _ in input_pipeline.train_batches(images, labels, 8, 3, 0, 5)]
+  parts = [[b for _, b, _ in input_pipeline.train_batches(images, labels, 8, 3, 0, 5, p, 4)]
+           for p in range(4)]
+  for step in range(5):
+    np.testing.assert_array_equal(np.concatenate([parts[p][step] for p in range(4)]),
+                                  whole[step])
+    np.testing.assert_array_equal(whole[step][:, 0],
+                                  input_pipeline.batch_indices(40, 8, 3, step))
+
+
+# -------------------------------------------------------------------- multi-length heads
+
+
+def test_multi_length_codes_are_prefixes_and_each_length_has_a_loss():
+  from nsh_jax import step as step_lib
+  c = base.get_config()
+  c.model.bit_list, c.model.latent_dim, c.train.batch_size = (8, 16, 32), 16, 16
+  mesh = state_lib.make_mesh()
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
+  fn = step_lib.make_train_step(c, mesh)
+  x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
+  new, m = fn(state, x, np.zeros(16, np.int32))
+  per = [float(m[f"loss_{b}bit"]) for b in (8, 16, 32)]
+  assert all(np.isfinite(per)) and len(set(per)) == 3  # three different objectives
+  assert [float(m[f"weight_{b}bit"]) for b in (8, 16, 32)] == [1.0, 1.0, 1.0]
+  outs = new.apply_fn({"params": new.params}, x.astype(np.float32) / 255)
+  assert outs["codes"].shape[1] == 32  # one head; shorter codes are its first bits
