@@ -5,6 +5,8 @@
   python main.py --mode=evaluate --config=... --workdir=runs/c
   python main.py --mode=encode   --config=... --workdir=runs/c --input=images.npz --output=db.npz
   python main.py --mode=search   --index=db.npz --query=q.npz --k=10 [--output=hits.npz]
+  python main.py --mode=index    --config=... --workdir=runs/c --input=~/Photos
+  python main.py --mode=search   --config=... --workdir=runs/c --query=photo.jpg [--output=hits.json]
   python main.py --mode=quantize --config=... --workdir=runs/c --config.quantizer=h2q
 
 Several processes (one per host): add ``--coordinator_address=HOST:PORT
@@ -59,14 +61,20 @@ except Exception as e:  # pylint: disable=broad-except
   # Without --config= the default file loads here, with any --config.* overrides.
   _bad_flag(e, sys.argv)
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, events, codes, plots.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "encode", "search", "quantize"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "encode", "index", "search", "quantize"],
                   "What to do.")
 flags.DEFINE_string("input", None, "encode: .npz with 'images' uint8 [n,H,W,3] (default: the "
-                    "dataset's database split).")
-flags.DEFINE_string("output", None, "encode/search: where to write the result (.npz).")
-flags.DEFINE_string("index", None, "search: database codes file written by encode/train.")
-flags.DEFINE_string("query", None, "search: query codes file, or .npz with 'images'.")
+                    "dataset's database split); index: a folder or archive of images.")
+flags.DEFINE_string("output", None, "encode: codes file (.npz); index: the index folder (default "
+                    "WORKDIR/index); search: results (.json for an index, with a gallery .png "
+                    "beside it; .npz for codes files).")
+flags.DEFINE_string("index", None, "search: an index folder (--mode=index; default WORKDIR/index) "
+                    "or a database codes file (encode/train).")
+flags.DEFINE_string("query", None, "search: image file, folder or archive (against an index), "
+                    "or a query codes file / .npz with 'images'.")
 flags.DEFINE_integer("k", 10, "search: neighbours per query.")
+flags.DEFINE_integer("bits", None, "search: code length to search an index with (default: the "
+                     "config's longest).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
@@ -95,7 +103,7 @@ def main(argv):
     _start_backends()
     from nsh_jax import modes
     options = {"input": FLAGS.input, "output": FLAGS.output, "index": FLAGS.index,
-               "query": FLAGS.query, "k": FLAGS.k}
+               "query": FLAGS.query, "k": FLAGS.k, "bits": FLAGS.bits}
     modes.MODES.get(FLAGS.mode)(FLAGS.config, FLAGS.workdir, options)
   except Exception as e:  # one line for the user; --debug for the traceback
     if FLAGS.debug:

@@ -204,6 +204,14 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
       from nsh_jax import plots
       plots.write_all(os.path.join(workdir, "plots"), result, q_emb, splits.query_labels,
                       baselines=curves)
+      shown = reference[0] if reference is not None else splits  # images, not features
+      if shown.query_images.ndim == 4:
+        b = bit_list(config)[-1]
+        plots.retrieval_examples(
+            os.path.join(workdir, "plots", "retrieval.png"), shown.query_images,
+            shown.query_labels, shown.db_images, shown.db_labels, qc, dc,
+            f"{b}-bit codes: top 10 of the database (mAP@{top_k or 'all'} "
+            f"{result['by_bits'][b]['map']:.3f})", splits.class_names)
     except Exception as e:  # plotting must never lose a finished run's metrics
       log(f"warning: plots not written ({type(e).__name__}: {e})")
   return result

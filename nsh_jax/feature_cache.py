@@ -38,7 +38,8 @@ import numpy as np
 from nsh_jax import augment, models
 from nsh_jax.files import digest_arrays, format_duration
 
-__all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "extract", "load_or_extract"]
+__all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "clean_features", "extract",
+           "load_or_extract"]
 
 _AUG_KEYS = ("min_scale", "brightness", "contrast", "saturation", "hue", "jitter_prob",
              "gray_prob", "flip")
@@ -119,6 +120,25 @@ def _jitted_backbone(config, variables):
 
   clean = lambda images: run(augment.resize(augment.to_unit(images), ds.image_size))
   return jax.jit(clean), jax.jit(view)
+
+
+def clean_features(config, variables) -> Callable:
+  """``images_u8 [n, H, W, 3] -> float32 [n, F]``: the frozen backbone on clean images,
+  in zero-padded chunks of ``features.chunk`` -- the very computation the cache's
+  ``query``/``database`` features came from, so new images get the same features."""
+  clean, _ = _jitted_backbone(config, variables)
+  chunk = int(config.features.chunk)
+
+  def run(images: np.ndarray) -> np.ndarray:
+    out = []
+    for lo in range(0, images.shape[0], chunk):
+      batch = images[lo:lo + chunk]
+      rows = batch.shape[0]
+      if rows < chunk:
+        batch = np.concatenate([batch, np.zeros((chunk - rows,) + batch.shape[1:], batch.dtype)])
+      out.append(np.asarray(clean(batch), np.float32)[:rows])
+    return np.concatenate(out)
+  return run
 
 
 def _chunks(folder: str, name: str, images: np.ndarray, chunk: int, fn: Callable,

@@ -39,8 +39,8 @@ import numpy as np
 
 from nsh_jax.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "iter_image_files", "decode", "read_images",
-           "read_split_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "list_image_files", "iter_image_files",
+           "decode", "read_images", "read_split_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -111,11 +111,25 @@ def _directory_files(path: str) -> Iterator[Tuple[str, object]]:
           lambda p=full: open(p, "rb").read())
 
 
-def iter_image_files(path: str, folders: list = None) -> Iterator[Tuple[str, bytes]]:
-  """``(relative path with '/', file bytes)`` of each image file under ``path``
-  (directory: sorted walk; archive: archive order); the folders seen are appended
-  to ``folders`` when one is given."""
-  path = os.path.expanduser(path)
+def _split_inner(path: str) -> Tuple[str, str]:
+  """``'a/b.tar.xz/test/cat'`` -> ``('a/b.tar.xz', 'test/cat/')`` when ``a/b.tar.xz`` is an
+  archive file and the whole path does not exist; else ``(path, '')``."""
+  if os.path.exists(path):
+    return path, ""
+  parts = path.replace(os.sep, "/").split("/")
+  for cut in range(len(parts) - 1, 0, -1):
+    head = "/".join(parts[:cut])
+    if os.path.isfile(head) and head.lower().endswith(ARCHIVE_SUFFIXES):
+      return head, "/".join(p for p in parts[cut:] if p) + "/"
+  return path, ""
+
+
+def list_image_files(path: str, folders: list = None) -> List[Tuple[str, object]]:
+  """``(relative path with '/', read() -> bytes)`` of each image file under ``path``
+  (directory: sorted walk, read when called; archive: archive order, already read),
+  ``archive/inner/folder`` for one folder inside an archive; the folders seen are
+  appended to ``folders`` when one is given."""
+  path, inner = _split_inner(os.path.expanduser(path))
   if not os.path.exists(path):
     raise DataError(f"image folder or archive not found: {path}")
   if os.path.isdir(path):
@@ -132,14 +146,23 @@ def iter_image_files(path: str, folders: list = None) -> Iterator[Tuple[str, byt
     elif _is_image(name):
       listed.append((name, read))
   top = _strip_top([name for name, _ in listed])
+  prefix = top + inner
+  if inner:
+    if not any(n.startswith(prefix) for n, _ in listed):
+      raise DataError(f"no image files under {inner} in {path}")
   if folders is not None:
     folders.extend(d[len(top):] for d in dirs if d.startswith(top) and d != top.rstrip("/"))
-  for name, read in listed:
+  return [(name[len(prefix):], read) for name, read in listed if name.startswith(prefix)]
+
+
+def iter_image_files(path: str, folders: list = None) -> Iterator[Tuple[str, bytes]]:
+  """``(relative path, file bytes)`` of :func:`list_image_files`, read one at a time."""
+  for name, read in list_image_files(path, folders):
     try:
       data = read()
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
       raise DataError(f"cannot read {name} in {path} ({type(e).__name__}: {e})")
-    yield name[len(top):], data
+    yield name, data
 
 
 def _open_rgb(name: str, data: bytes, size: int):

@@ -21,6 +21,7 @@ so a resumed run sees exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
+import glob
 import os
 import queue
 import threading
@@ -117,11 +118,13 @@ def load_folder(config, path: str) -> Splits:
 
 
 def _tfds_prepared(data_dir: Optional[str]) -> bool:
-  import tensorflow_datasets as tfds
-  try:
-    return bool(tfds.builder("cifar10", data_dir=data_dir).is_prepared())
-  except Exception:  # pylint: disable=broad-except
-    return False
+  """Whether TFDS cifar10 is prepared under ``data_dir`` (files only: no TensorFlow
+  import, no network); a remote ``data_dir`` (``gs://``) is left to TFDS."""
+  if data_dir and "://" in data_dir:
+    return True
+  root = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")
+                            or os.path.join("~", "tensorflow_datasets"))
+  return bool(glob.glob(os.path.join(root, "cifar10", "*", "dataset_info.json")))
 
 
 def load_cifar10(config) -> Splits:

@@ -13,13 +13,14 @@ import zipfile
 import jax
 import numpy as np
 
-from nsh_jax import (checkpoints, config_checks, evaluation, householder, input_pipeline, metrics,
-                     retrieval, state as state_lib, train)
+from nsh_jax import (checkpoints, config_checks, evaluation, feature_cache, householder,
+                     image_folder, image_index, input_pipeline, metrics, models, retrieval,
+                     state as state_lib, train)
 from nsh_jax.errors import ConfigError, DataError
-from nsh_jax.files import read_json, write_json
+from nsh_jax.files import digest_arrays, read_json, write_json
 from nsh_jax.registry import Registry
 
-__all__ = ["MODES", "restore_trained", "load_images"]
+__all__ = ["MODES", "restore_trained", "load_images", "trained_encoder"]
 
 MODES = Registry("mode")
 
@@ -75,17 +76,35 @@ def _splits_and_trained(config, workdir: str):
           evaluation.make_encode_fn(config, mesh, images=inputs.images), reference)
 
 
-def _require_backbone_in_model(config) -> None:
+def trained_encoder(config, workdir: str):
+  """``(encode, model digest)`` of a trained ``workdir``: ``encode(images_u8 [n, H, W, 3])
+  -> [n, max_bits]`` continuous codes, for any run -- a frozen-backbone run on cached
+  features rebuilds its backbone from the weights and applies the checkpoint's heads.
+  The digest covers the parameters, the quantizer and the input preparation."""
   if config.features.views:
-    raise ConfigError("encoding new images needs the backbone in the model; this run trained "
-                      "heads on cached features (features.views > 0), so encode/search by "
-                      "images is not supported for it yet: use its codes/ files")
+    variables, _ = train.backbone_variables(config)
+    size = config.dataset.image_size
+    width = jax.eval_shape(lambda v: models.BackboneOnly(config.model.backbone).apply(
+        v, np.zeros((1, size, size, 3), np.float32)), variables).shape[-1]
+    state, mesh = restore_trained(config, workdir, (width,), "features")
+    backbone = feature_cache.clean_features(config, variables)
+    heads = evaluation.make_encode_fn(config, mesh, images=False)
+    encode = lambda images: evaluation.encode_images(heads, state, backbone(images), mesh)
+  else:
+    state, mesh = restore_trained(config, workdir)
+    fn = evaluation.make_encode_fn(config, mesh)
+    encode = lambda images: evaluation.encode_images(fn, state, images, mesh)
+  extra = [np.frombuffer(repr((config.model.backbone, config.dataset.image_size,
+                               config.dataset.normalization, config.quantizer)).encode(), np.uint8)]
+  qpath = os.path.join(workdir, "codes", "quantizer.npz")
+  if config.quantizer != "sign" and os.path.exists(qpath):
+    with open(qpath, "rb") as f:
+      extra.append(np.frombuffer(f.read(), np.uint8))
+  return encode, digest_arrays(*jax.tree.leaves(jax.device_get(state.params)), *extra)
 
 
 def _encode(config, workdir, images) -> np.ndarray:
-  _require_backbone_in_model(config)
-  state, mesh = restore_trained(config, workdir)
-  return evaluation.encode_images(evaluation.make_encode_fn(config, mesh), state, images, mesh)
+  return trained_encoder(config, workdir)[0](images)
 
 
 @MODES.register("train")
@@ -118,7 +137,6 @@ def _with_training_record(path: str, result: dict) -> dict:
 @MODES.register("encode")
 def encode_mode(config, workdir, options):
   config_checks.validate(config, jax.device_count())
-  _require_backbone_in_model(config)
   images = (load_images(options["input"]) if options.get("input")
             else input_pipeline.load(config).db_images)
   emb = _encode(config, workdir, images)
@@ -134,14 +152,58 @@ def encode_mode(config, workdir, options):
     print(f"wrote {emb.shape[0]} {b}-bit codes to {path}")
 
 
+def _index_dir(workdir: str, options) -> str:
+  return options.get("output") or os.path.join(workdir, "index")
+
+
+@MODES.register("index")
+def index_mode(config, workdir, options):
+  """Image files under ``--input`` (folder or archive) -> an index of the trained model's
+  codes (:mod:`nsh_jax.image_index`), extended on a rerun."""
+  if not options.get("input"):
+    raise ValueError("--mode=index needs --input=FOLDER_OR_ARCHIVE of images")
+  config_checks.validate(config, jax.device_count())
+  encode, digest = trained_encoder(config, workdir)
+  image_index.build(options["input"], _index_dir(workdir, options), encode,
+                    lambda emb, b: evaluation.codes_for(config, workdir, emb, b),
+                    state_lib.bit_list(config), digest, config.dataset.image_size,
+                    config.quantizer)
+
+
+def _is_index_dir(path: str) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, image_index.INDEX_FILE))
+
+
+def _is_image_query(path: str) -> bool:
+  low = path.lower()
+  return (os.path.isdir(path) or low.endswith(image_folder.IMAGE_EXTENSIONS)
+          or low.endswith(image_folder.ARCHIVE_SUFFIXES))
+
+
 @MODES.register("search")
 def search_mode(config, workdir, options):
-  if not options.get("index") or not options.get("query"):
-    raise ValueError("--mode=search needs --index=DATABASE_CODES and --query=QUERY_CODES")
-  db = retrieval.load_index(options["index"])
+  """``--index`` an index folder (``--mode=index``) and ``--query`` image(s): the top-k
+  files; or ``--index``/``--query`` codes files (``--mode=encode``)."""
+  index = options.get("index") or (os.path.join(workdir, "index")
+                                   if _is_index_dir(os.path.join(workdir, "index")) else None)
+  if not index or not options.get("query"):
+    raise ValueError("--mode=search needs --query=IMAGE_OR_FOLDER (with an index built by "
+                     "--mode=index, or --index=INDEX) or --index=CODES --query=CODES")
   query = options["query"]
-  if not os.path.exists(query):
+  if not os.path.exists(query) and not image_folder._split_inner(query)[1]:
     raise FileNotFoundError(f"query file not found: {query}")
+  if _is_index_dir(index):
+    if not _is_image_query(query):
+      raise ValueError(f"--query={query} must be an image, a folder or an archive of images "
+                       f"to search the index {index}")
+    config_checks.validate(config, jax.device_count())
+    encode, digest = trained_encoder(config, workdir)
+    bits = options.get("bits") or state_lib.bit_list(config)[-1]
+    image_index.search(index, query, encode,
+                       lambda emb, b: evaluation.codes_for(config, workdir, emb, b), bits,
+                       digest, options["k"], options.get("output"))
+    return
+  db = retrieval.load_index(index)
   if _has_images(query):
     q_packed = retrieval.pack_codes(evaluation.codes_for(
         config, workdir, _encode(config, workdir, load_images(query)), db["bits"]))

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation: precision-recall, precision@N, t-SNE of codes."""
+"""PNG plots of an evaluation: precision-recall, precision@N, t-SNE of codes, and retrieval
+galleries (a query and its top-k, right and wrong marked)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,69 @@ def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_l
     fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
   return paths
+
+
+def gallery(path: str, queries, results, title: str = "", size: int = 64,
+            query_titles=None) -> str:
+  """A grid PNG: one row per query -- the query image, then its results.
+
+  Args:
+    queries: ``[q]`` uint8 images ``[H, W, 3]`` (any sizes).
+    results: per query, a list of ``(image, caption, correct)``: ``correct`` True /
+      False draws a green / red frame, None no frame.
+    title: figure title; ``query_titles`` an optional caption per query.
+  """
+  plt = _pyplot()
+  from PIL import Image
+  rows, cols = len(queries), 1 + max((len(r) for r in results), default=0)
+  height = 1.3 * rows + 0.35
+  fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, height), squeeze=False)
+  fig.subplots_adjust(wspace=0.08, hspace=0.3, top=1 - 0.3 / height)
+  thumb = lambda im: np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize(
+      (size, size), Image.BICUBIC))
+  for i in range(rows):
+    cells = [(queries[i], (query_titles or [None] * rows)[i] or "query", None)] + list(results[i])
+    for j in range(cols):
+      ax = axes[i, j]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if j >= len(cells):
+        ax.axis("off")
+        continue
+      image, caption, correct = cells[j]
+      ax.imshow(thumb(image))
+      ax.set_xlabel(caption, fontsize=6, labelpad=1)
+      color = {True: "#1a9c3a", False: "#d62728", None: "#555555" if j == 0 else "none"}[correct]
+      for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(3 if correct is not None else (1.5 if j == 0 else 0))
+  if title:
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / height)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def retrieval_examples(path: str, query_images, query_labels, db_images, db_labels,
+                       query_codes, db_codes, title: str, class_names=None, queries: int = 8,
+                       k: int = 10) -> str:
+  """``plots/retrieval.png``: ``queries`` fixed queries (the first of each class while
+  there are classes, then the next ones) and their top-``k`` database images by Hamming
+  distance of ``query_codes``/``db_codes`` (signs taken), relevant in green, others red."""
+  from nsh_jax import retrieval
+  ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+  if ql.ndim == 1:
+    firsts = [int(np.flatnonzero(ql == c)[0]) for c in np.unique(ql)][:queries]
+    rest = [i for i in range(len(ql)) if i not in firsts]
+    pick = (firsts + rest)[:queries]
+  else:
+    pick = list(range(min(queries, len(ql))))
+  pack = lambda c: retrieval.pack_codes(np.asarray(c))
+  dist, idx = retrieval.search(pack(query_codes[pick]), pack(db_codes), k)
+  name = lambda y: (class_names[int(y)] if class_names is not None and np.ndim(y) == 0
+                    else str(int(y)) if np.ndim(y) == 0 else "")
+  rel = (lambda a, b: bool(a == b)) if ql.ndim == 1 else (lambda a, b: bool(np.dot(a, b) > 0))
+  results = [[(db_images[j], f"{name(dl[j])} d={d}", rel(ql[i], dl[j]))
+              for j, d in zip(idx[r], dist[r])] for r, i in enumerate(pick)]
+  return gallery(path, [query_images[i] for i in pick], results, title,
+                 query_titles=[f"query: {name(ql[i])}" for i in pick])

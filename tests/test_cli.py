@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TINY, run_main
+from helpers import TINY, run_main, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,14 @@ def test_evaluate_writes_metrics_and_plots(trained):
   assert m["history"] == trained_metrics["history"]
   assert m["train_seconds"] == trained_metrics["train_seconds"]
   printed = float(res.stdout.split("mAP@100 16-bit:")[1].split()[0])
-  assert abs(m["by_bits"]["16"]["map"] - printed) < 1e-4
+  # Recomputed independently from the codes files the evaluation wrote.
+  from nsh_jax import retrieval
+  from test_metrics_retrieval import ref_ap
+  q, db = (retrieval.load_index(os.path.join(workdir, "codes", f"{s}_16bit.npz"))
+           for s in ("query", "database"))
+  signs = lambda packed: np.unpackbits(packed, axis=1)[:, :16].astype(np.float64) * 2 - 1
+  want = ref_ap(signs(q["codes"]), signs(db["codes"]), q["labels"], db["labels"], 100)
+  assert abs(printed - want) < 1e-4 and abs(m["by_bits"]["16"]["map"] - want) < 1e-6
   assert set(m["baselines"]) == {"itq-pixels", "lsh-pixels"}  # also beside the model in the plots
   assert "itq-pixels mAP@100 16-bit:" in res.stdout
   for name in ("pr_curve.png", "precision_at_n.png", "tsne.png"):
@@ -81,7 +88,9 @@ def test_encode_and_search_match_brute_force(trained, tmp_path):
 
 
 def test_search_refuses_damaged_or_mismatched_files(trained, tmp_path):
-  from nsh_jax import retrieval
+  """In-process (the one-line printing of such errors is main.py's, tested with bad configs)."""
+  from configs import default
+  from nsh_jax import errors, modes, retrieval
   workdir, args = trained
   db_path = os.path.join(workdir, "codes", "database_16bit.npz")
   bad = tmp_path / "bad.npz"
@@ -92,9 +101,11 @@ def test_search_refuses_damaged_or_mismatched_files(trained, tmp_path):
   for index, query, expect in ((str(bad), db_path, "bad.npz"),
                                (db_path, str(other), "32 bits"),
                                (db_path, str(tmp_path / "missing.npz"), "not found")):
-    res = run_main(args + ["--mode=search", f"--index={index}", f"--query={query}"])
-    err = [l for l in res.stderr.strip().splitlines() if l.strip()]
-    assert res.returncode == 2 and len(err) == 1 and expect in err[0], res.stderr[-2000:]
+    with pytest.raises(errors.USER_ERRORS) as e:
+      modes.MODES.get("search")(default.get_config(), workdir,
+                                {"index": index, "query": query, "k": 10})
+    msg, code = errors.describe(e.value)
+    assert code == 2 and "\n" not in msg and expect in msg, msg
 
 
 def test_encode_codes_with_the_fitted_quantizer_and_needs_it(trained, tmp_path):
@@ -111,3 +122,124 @@ def test_encode_codes_with_the_fitted_quantizer_and_needs_it(trained, tmp_path):
     os.rename(moved, os.path.join(workdir, "codes", "quantizer.npz"))
   err = [l for l in res.stderr.strip().splitlines() if l.strip()]
   assert res.returncode == 2 and len(err) == 1 and "--mode=evaluate" in err[0], res.stderr[-2000:]
+
+
+def test_quantize_mode_reproduces_the_run_and_compares_quantizers(trained):
+  """sign / ITQ / H2Q on the trained run: ITQ (the run's own quantizer) gives the run's
+  mAP exactly, and sign codes the brute-force mAP of the saved embeddings' signs."""
+  from test_metrics_retrieval import ref_ap
+  workdir, args = trained
+  res = run_main(args + ["--mode=quantize"])
+  assert res.returncode == 0, res.stderr[-2000:]
+  table = json.load(open(os.path.join(workdir, "quantize.json")))["16"]
+  m = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert table["itq"] == pytest.approx(m["by_bits"]["16"]["map"], abs=1e-9)
+  emb = np.load(os.path.join(workdir, "codes", "embeddings.npz"))
+  want = ref_ap(emb["query"][:, :16], emb["database"][:, :16], emb["query_labels"],
+                emb["database_labels"], 100)
+  assert table["sign"] == pytest.approx(want, abs=1e-6)
+  assert 0 < table["h2q"] <= 1 and "| 16 |" in res.stdout
+
+
+def test_retrieval_plot_is_written(trained):
+  from PIL import Image
+  workdir, _ = trained
+  with Image.open(os.path.join(workdir, "plots", "retrieval.png")) as im:
+    w, h = im.size
+  # 8 queries x (query + top 10): 11 cells of 1.2 in across, 8 rows of 1.3 in, 110 dpi
+  assert im.format == "PNG" and 1000 < w < 1300 and 950 < h < 1200
+
+
+def _photo_folder(root, images, start=0):
+  from PIL import Image
+  root.mkdir(exist_ok=True)
+  for i, im in enumerate(images, start):
+    Image.fromarray(im).save(root / f"img{i:04d}.png")
+  return root
+
+
+def test_index_codes_equal_the_runs_database_codes_and_grow(trained, tmp_path):
+  """A photo folder of the run's own database images gets the run's database codes; a
+  grown folder encodes only the new files; unreadable files are skipped and counted."""
+  from nsh_jax import input_pipeline, image_index, modes, retrieval
+  workdir, _ = trained
+  c = tiny_config()
+  db = input_pipeline.load(c).db_images
+  photos = _photo_folder(tmp_path / "photos", db[:300])
+  out = str(tmp_path / "idx")
+  index = modes.MODES.get("index")
+  index(c, workdir, {"input": str(photos), "output": out})
+  want = retrieval.load_index(os.path.join(workdir, "codes", "database_16bit.npz"))["codes"]
+  got = retrieval.load_index(os.path.join(out, "codes_16bit.npz"))["codes"]
+  np.testing.assert_array_equal(got, want[:300])
+  _photo_folder(photos, db[300:310], start=300)
+  (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  logs = []
+  encode, digest = modes.trained_encoder(c, workdir)
+  meta = image_index.build(str(photos), out, encode, lambda e, b: e[:, :b], [16], digest,
+                           32, "itq", log=logs.append)
+  assert "index: 11 new image file(s)" in logs[0] and meta["skipped"] == ["broken.jpg"]
+  assert sum("skipped broken.jpg" in l for l in logs) == 1 and len(meta["files"]) == 310
+  got = retrieval.load_index(os.path.join(out, "codes_16bit.npz"))["codes"]
+  assert got.shape[0] == 310
+  logs.clear()
+  image_index.build(str(photos), out, encode, lambda e, b: e[:, :b], [16], digest, 32, "itq",
+                    log=logs.append)
+  assert "index: 0 new image file(s)" in logs[0]
+
+
+def test_search_by_image_prints_files_and_draws_the_gallery(trained, tmp_path):
+  from PIL import Image
+  from nsh_jax import input_pipeline
+  workdir, args = trained
+  db = input_pipeline.load(tiny_config()).db_images
+  photos = _photo_folder(tmp_path / "photos", db[:40])
+  res = run_main(args + ["--mode=index", f"--input={photos}"])
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "index: 40/40 images" in res.stdout and "images/s" in res.stdout
+  out = tmp_path / "hits.json"
+  res = run_main(args + ["--mode=search", f"--query={photos / 'img0007.png'}", "--k=5",
+                         f"--output={out}"])
+  assert res.returncode == 0, res.stderr[-2000:]
+  hits = json.load(open(out))["queries"][0]["results"]
+  # itself at distance 0 (ties at 0 are broken by index order among equal codes)
+  assert hits[0]["distance"] == 0 and {"file": "img0007.png", "distance": 0} in hits
+  assert "img0007.png  (Hamming 0)" in res.stdout and len(hits) == 5
+  with Image.open(tmp_path / "hits.png") as im:
+    assert im.size[0] > im.size[1] > 50
+  # one line each: a corrupt query, a wrong length, another model's index, an empty folder
+  bad = tmp_path / "bad.jpg"
+  bad.write_bytes(b"nope")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  other = tmp_path / "other_model"
+  cases = [(["--mode=search", f"--query={bad}"], "bad.jpg"),
+           (["--mode=search", f"--query={photos / 'img0001.png'}", "--bits=32"], "not 32-bit"),
+           (["--mode=index", f"--input={empty}", f"--output={other}"], "no image files"),
+           (["--mode=search", f"--query={photos / 'img0001.png'}", "--config.seed=3",
+             f"--index={os.path.join(workdir, 'index')}",
+             f"--workdir={tmp_path / 'nowhere'}"], "no checkpoints")]
+  for extra, expect in cases:
+    res = run_main(args + extra)
+    err = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert res.returncode == 2 and len(err) == 1 and expect in err[0], (extra, res.stderr[-2000:])
+
+
+def test_index_of_another_model_is_refused(tmp_path):
+  from nsh_jax import image_index
+  from nsh_jax.errors import DataError
+  rng = np.random.default_rng(0)
+  photos = _photo_folder(tmp_path / "p", rng.integers(0, 255, (5, 8, 8, 3)).astype(np.uint8))
+  encode = lambda x: x.reshape(len(x), -1)[:, :16].astype(np.float32) - 127.5
+  out = str(tmp_path / "idx")
+  image_index.build(str(photos), out, encode, lambda e, b: e[:, :b], [16], "model-A", 8, "sign",
+                    log=lambda *a: None)
+  with pytest.raises(DataError, match="another model"):
+    image_index.search(out, str(photos / "img0001.png"), encode, lambda e, b: e[:, :b], 16,
+                       "model-B", log=lambda *a: None)
+  with pytest.raises(DataError, match="another model or code lengths"):
+    image_index.build(str(photos), out, encode, lambda e, b: e[:, :b], [16], "model-B", 8,
+                      "sign", log=lambda *a: None)
+  hits = image_index.search(out, str(photos / "img0003.png"), encode, lambda e, b: e[:, :b],
+                            16, "model-A", k=2, log=lambda *a: None)
+  assert hits["queries"][0]["results"][0] == {"file": "img0003.png", "distance": 0}
