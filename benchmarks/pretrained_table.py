@@ -1,15 +1,31 @@
-"""The frozen-backbone table: trained heads vs post-hoc quantizers on the same cached features.
+"""The frozen-backbone table under an honest protocol: selection on validation, equal budgets, paired seeds.
 
-  python benchmarks/pretrained_table.py --workdir runs/pretable --seeds 0 1 2 --out docs/pretrained_table.md
+  python benchmarks/pretrained_table.py --config configs/cifar.py --workdir runs/paper_table \
+      --trials 4 --seeds 0 1 2 --out docs/paper_table.md
+  python benchmarks/pretrained_table.py --config configs/cifar_prefix_pretrained.py \
+      --val-per-class 50 --workdir runs/prefix_table --out docs/pretrained_table.md
 
-Every row uses the same features: configs/cifar_prefix_pretrained.py (frozen ImageNet
-EfficientNet-Lite0, 160 px, the shared feature cache), mAP@1000 on the CIFAR prefix,
-mean +- std over seeds.  Trained heads run main.py (one process each, sequentially);
-``--method NAME:--config.a=1,--config.b=2`` adds or replaces a method (for screens).
-Post-hoc rows fit ITQ / H2Q / LSH on the clean training features with each seed.
+For each trained method (NSH; NSH without SortedNCE; contrastive hashing on sign codes):
+
+1. **Selection, on validation queries only.**  ``--trials`` settings per method, drawn by one
+   seeded random search from that method's grid (the same dimensions for every method where
+   they apply: NT-Xent temperature, learning rate, steps, head width; SoftSort temperature
+   for NSH only), trained with seed 0; the setting with the best mean validation mAP over
+   the lengths is kept.  Every method gets the same number of trials.
+2. **Seeds.**  The kept setting is trained with seeds ``--seeds``: seed ``s`` sets
+   ``config.seed``, ``dataset.split_seed`` (its own training subset, queries and validation
+   queries) and, through ``features.seed = -1``, its own cached views.
+3. **The table**, on the test queries: mean +- sample std (ddof = 1) per length, the paired
+   per-seed differences NSH - control, each trained row with sign codes and with ITQ fitted on
+   its learned layer (``--mode=quantize``), and ITQ / H2Q / LSH on the same seed's frozen features.
+
+Runs live in ``WORKDIR/<method>-<digest>``: the digest covers the overrides and the code
+version, and a run dir is reused only if its ``metrics.json`` records exactly the config asked
+for and a clean checkout at the current commit -- never a run of other code or another config.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -22,85 +38,149 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 BITS = (16, 32, 64)
-METHODS = {
-    # The project's NSH recipe (configs/cifar_prefix_pretrained.py).
+METHODS = {  # name -> fixed overrides
     "nsh": [],
-    # The same recipe with SortedNCE switched off (the control).
     "nsh-no-sort": ["--config.loss.sorted_weight=0"],
-    # Contrastive hashing without sorting (CIBHash-style): NT-Xent on sign codes.
     "contrastive": ["--config.loss.name=contrastive"],
 }
+SHARED_GRID = {  # dimensions every method is searched over
+    "loss.temperature": [0.1, 0.2, 0.3, 0.5],
+    "train.learning_rate": [3e-4, 1e-3, 3e-3],
+    "train.steps": [500, 1000, 2000],
+    "model.head_hidden": [0, 1024],
+}
+NSH_GRID = {"loss.sort_temperature": [1 / 32, 1 / 16, 1 / 8, 1 / 4]}  # unit: fraction of length
 
 
-def run_method(workdir, name, overrides, seed, steps):
-  wd = os.path.join(workdir, f"{name}_s{seed}")
-  if not os.path.exists(os.path.join(wd, "metrics.json")):
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"),
-           "--config=configs/cifar_prefix_pretrained.py", f"--workdir={wd}",
-           f"--config.seed={seed}"] + ([f"--config.train.steps={steps}"] if steps else []) + overrides
-    t = time.time()
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def _trials(method: str, n: int, seed: int = 0):
+  """``n`` distinct override dicts from the method's grid (seeded random search)."""
+  grid = dict(SHARED_GRID, **(NSH_GRID if method == "nsh" else {}))
+  rng = np.random.default_rng([seed, sum(map(ord, method))])
+  out, seen = [], set()
+  while len(out) < n and len(seen) < np.prod([len(v) for v in grid.values()]):
+    pick = {k: v[rng.integers(len(v))] for k, v in grid.items()}
+    key = json.dumps(pick, sort_keys=True)
+    if key not in seen:
+      seen.add(key)
+      out.append(pick)
+  return out
+
+
+def _code_version():
+  from nsh_jax.files import code_version
+  v = code_version()
+  if not v["commit"] or v["dirty"]:
+    sys.exit("run from a clean git checkout: every row must record the commit it measured")
+  return v
+
+
+def _flags(overrides: dict):
+  return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+
+
+def run(args, method, overrides: dict, seed: int, version):
+  """metrics.json of one training run (reused only if config and commit match)."""
+  seeded = dict(overrides, **{"seed": seed, "dataset.split_seed": seed})
+  if args.val_per_class:
+    seeded["dataset.val_queries_per_class"] = args.val_per_class
+  flags = [f"--config={args.config}"] + METHODS[method] + _flags(seeded)
+  digest = hashlib.sha256(json.dumps([flags, version["commit"]]).encode()).hexdigest()[:12]
+  wd = os.path.join(args.workdir, f"{method}-{digest}")
+  path = os.path.join(wd, "metrics.json")
+  if os.path.exists(path):
+    m = json.load(open(path))
+    if m.get("code_version", {}).get("commit") == version["commit"] and not m["code_version"][
+        "dirty"] and os.path.exists(os.path.join(wd, "quantize.json")):
+      return m, json.load(open(os.path.join(wd, "quantize.json")))
+  cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={wd}"] + flags
+  t = time.time()
+  for extra in ([], ["--mode=quantize"]):
+    res = subprocess.run(cmd + extra, cwd=ROOT, capture_output=True, text=True)
     if res.returncode:
-      sys.exit(f"{name} seed {seed} failed:\n{res.stderr[-3000:]}")
-    print(f"  {name} seed {seed}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-  m = json.load(open(os.path.join(wd, "metrics.json")))
-  return {b: m["by_bits"][str(b)]["map"] for b in BITS if str(b) in m["by_bits"]}, m
+      sys.exit(f"{method} {seeded} failed:\n{res.stderr[-3000:]}")
+  print(f"  {method} seed {seed} {overrides}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+  return json.load(open(path)), json.load(open(os.path.join(wd, "quantize.json")))
 
 
-def posthoc(seeds):
-  """ITQ / H2Q / LSH on the cached clean features, per seed."""
-  from configs import cifar_prefix_pretrained
+def _val_score(m):
+  return float(np.mean([m["validation"][str(b)]["map"] for b in BITS]))
+
+
+def _cell(values):
+  v = np.asarray(values, float)
+  return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+
+def posthoc(args, seeds):
+  """ITQ / H2Q / LSH on each seed's clean frozen features (its own split)."""
+  import importlib.util
   from nsh_jax import feature_cache, householder, input_pipeline, metrics, train
-  c = cifar_prefix_pretrained.get_config()
-  os.chdir(ROOT)
-  splits = input_pipeline.load(c)
-  variables, digest = train.backbone_variables(c)
-  fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
-  rows = {}
-  for name in ("itq", "h2q", "lsh"):
-    rows[f"{name} on features"] = [
-        {b: metrics.mean_average_precision(*(householder.apply(q, x) for x in (fs.query, fs.database)),
-                                           splits.query_labels, splits.db_labels, 1000)
-         for b in BITS for q in [householder.fit(name, fs.train, bits=b, seed=s)]}
-        for s in seeds]
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, args.config))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  rows = {f"{n} on features": [] for n in ("itq", "h2q", "lsh")}
+  for s in seeds:
+    c = mod.get_config()
+    c.seed, c.dataset.split_seed = s, s
+    splits = input_pipeline.load(c)
+    variables, digest = train.backbone_variables(c)
+    fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
+    for n in ("itq", "h2q", "lsh"):
+      rows[f"{n} on features"].append({b: metrics.mean_average_precision(
+          *(householder.apply(q, x) for x in (fs.query, fs.database)), splits.query_labels,
+          splits.db_labels, 1000) for b in BITS for q in [householder.fit(n, fs.train, bits=b,
+                                                                          seed=s)]})
   return rows
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--workdir", default="runs/pretable")
+  p.add_argument("--config", default="configs/cifar.py")
+  p.add_argument("--workdir", default="runs/paper_table")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  p.add_argument("--steps", type=int, default=0, help="override train.steps (0: the config's)")
-  p.add_argument("--method", action="append", default=[],
-                 help="NAME:comma-separated overrides (adds or replaces a method)")
+  p.add_argument("--trials", type=int, default=4, help="settings tried per method (equal budget)")
+  p.add_argument("--val-per-class", type=int, default=0,
+                 help="validation queries per class (0: the config's; it must have some)")
   p.add_argument("--only", nargs="*", help="run only these methods")
-  p.add_argument("--no-posthoc", action="store_true")
-  p.add_argument("--out", help="also write the table (markdown) here")
+  p.add_argument("--out", help="also write the report (markdown) here")
   args = p.parse_args()
-  methods = dict(METHODS)
-  for spec in args.method:
-    name, _, overrides = spec.partition(":")
-    # Split at ",--" so that a value may hold commas: --config.model.bit_list=(64,)
-    methods[name] = [o if o.startswith("--") else "--" + o for o in overrides.split(",--") if o]
-  if args.only:
-    methods = {k: v for k, v in methods.items() if k in args.only}
-  rows = {} if args.no_posthoc else posthoc(args.seeds)
-  for name, overrides in methods.items():
-    rows[name] = [run_method(args.workdir, name, overrides, s, args.steps)[0] for s in args.seeds]
-  lines = ["| method | " + " | ".join(f"{b} bits" for b in BITS) + " |",
-           "|---|" + "---|" * len(BITS)]
+  os.chdir(ROOT)
+  version = _code_version()
+  methods = [m for m in METHODS if not args.only or m in args.only]
+  report, rows, chosen = [], {}, {}
+  for method in methods:
+    scored = []
+    for trial in _trials(method, args.trials):
+      m, _ = run(args, method, trial, args.seeds[0], version)
+      if "validation" not in m:
+        sys.exit("the config has no validation queries: give --val-per-class")
+      scored.append((_val_score(m), trial))
+    best = max(scored, key=lambda t: t[0])
+    chosen[method] = best[1]
+    report.append(f"- {method}: " + "; ".join(f"{json.dumps(t)} val {v:.4f}" for v, t in scored)
+                  + f" -> kept {json.dumps(best[1])}")
+    runs = [run(args, method, best[1], s, version) for s in args.seeds]
+    rows[method] = [{b: m["by_bits"][str(b)]["map"] for b in BITS} for m, _ in runs]
+    rows[f"{method} + ITQ on its layer"] = [{b: q[str(b)]["itq"] for b in BITS} for _, q in runs]
+  rows.update(posthoc(args, args.seeds))
+  lines = [f"mAP@1000 on the test queries, seeds {args.seeds} (mean ± sample std), code "
+           f"{version['commit'][:10]}; `python benchmarks/pretrained_table.py "
+           f"{' '.join(sys.argv[1:])}`", "",
+           "| method | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * 3]
   for name, per_seed in rows.items():
-    cells = []
-    for b in BITS:
-      v = np.array([r[b] for r in per_seed if b in r])
-      cells.append("-" if not len(v) else
-                   f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}")
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  table = "\n".join(lines)
-  print(table)
+    lines.append(f"| {name} | " + " | ".join(_cell([r[b] for r in per_seed]) for b in BITS) + " |")
+  if "nsh" in rows:
+    lines += ["", "Paired per-seed differences (NSH - control), per length:"]
+    for name in [n for n in rows if n not in ("nsh",) and "ITQ on its layer" not in n]:
+      diffs = {b: [a[b] - c[b] for a, c in zip(rows["nsh"], rows[name])] for b in BITS}
+      lines.append(f"- vs {name}: " + "; ".join(
+          f"{b} bits " + " ".join(f"{d:+.4f}" for d in diffs[b]) for b in BITS))
+  lines += ["", "Selection (validation mAP, mean over lengths, seed " f"{args.seeds[0]}):"] + report
+  text = "\n".join(lines)
+  print(text)
   if args.out:
     with open(args.out, "w") as f:
-      f.write(f"<!-- python benchmarks/pretrained_table.py {' '.join(sys.argv[1:])} -->\n{table}\n")
+      f.write(text + "\n")
 
 
 if __name__ == "__main__":

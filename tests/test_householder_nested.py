@@ -40,8 +40,11 @@ def test_h2q_beats_random_rotation():
   rot, _ = np.linalg.qr(np.random.default_rng(9).normal(size=(16, 16)))
   random_loss = float(householder.h2q_loss(jnp.asarray(zs @ rot)))
   assert learned < 0.5 * random_loss
-  # The returned rotation is the best held-out epoch's, and it improved on the start.
+  # The returned rotation is the best held-out epoch's, and it improved on the start; at
+  # learning rate 0.5 the held-out loss is lowest before the last epoch (epoch 23 of 30).
   assert q["val_loss"] == min(q["history"]) and q["val_loss"] < 0.9 * q["history"][0]
+  bumpy = householder.fit_h2q(z, epochs=30, learning_rate=0.5)
+  assert bumpy["history"][-1] > min(bumpy["history"]) == bumpy["val_loss"]
   u = q["projection"]
   np.testing.assert_allclose(u @ u.T, np.eye(16), atol=1e-4)
 

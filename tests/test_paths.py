@@ -121,6 +121,8 @@ def test_augmentation_at_zero_strength_is_the_identity_and_flip_mirrors():
   np.testing.assert_allclose(augment._color_jitter(key, img, (0.0, 0.0, 0.0, 0.0)), img,
                              atol=1e-5)
   plain = augment.augment_one(key, img, _aug_cfg())  # the crop alone (same key, same crop)
+  np.testing.assert_allclose(plain, augment._random_resized_crop(
+      jax.random.split(key, 5)[0], img, 8, 1.0), atol=1e-6)  # flip=0: never mirrored
   np.testing.assert_allclose(augment.augment_one(key, img, _aug_cfg(jitter_prob=1.0)), plain,
                              atol=1e-5)  # jitter of zero strength changes nothing
   np.testing.assert_allclose(augment.augment_one(key, img, _aug_cfg(flip=1.0)), plain[:, ::-1],

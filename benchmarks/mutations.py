@@ -1,0 +1,46 @@
+"""Mutation check of the tests (#31): apply each mutation, run the test that must catch it, restore.
+
+  python benchmarks/mutations.py [NAME_PART ...]
+
+Prints caught / MISSED per mutation. Edits nsh_jax/ in place (restored after each): run on a clean checkout.
+"""
+import subprocess, sys, os
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+M = [
+ ("metrics: P@H<=2 read at radius 1", "nsh_jax/metrics.py", '"p_at_h2": float(pr["precision"][min(2,', '"p_at_h2": float(pr["precision"][min(1,', "tests/test_paths.py::test_evaluate_codes_matches_brute_force"),
+ ("dpsh: theta without the 1/2", "nsh_jax/losses.py", "theta = 0.5 * jnp.einsum", "theta = 1.0 * jnp.einsum", "tests/test_paths.py::test_dpsh_loss_matches_its_formula"),
+ ("XLA sort ascending", "nsh_jax/sorting.py", "return jnp.argsort(-scores, axis=-1)", "return jnp.argsort(scores, axis=-1)", "tests/test_paths.py::test_xla_sort_path_equals_the_sorting_network"),
+ ("OT plan not reversed", "nsh_jax/sorting.py", "return n * jnp.flip(plan, axis=1).T", "return n * plan.T", "tests/test_paths.py::test_ott_sorter_ranks_largest_first"),
+ ("flip test inverted", "nsh_jax/augment.py", "jax.random.uniform(k_flip) < cfg.flip", "jax.random.uniform(k_flip) >= cfg.flip", "tests/test_paths.py::test_augmentation_at_zero_strength_is_the_identity_and_flip_mirrors"),
+ ("cache key ignores the view seed", "nsh_jax/feature_cache.py", '"seed": view_seed(config),', '', "tests/test_paths.py::test_feature_cache_key_changes_with_everything_it_depends_on"),
+ ("every process reads the first slice", "nsh_jax/input_pipeline.py", "lo = process_index * local", "lo = 0", "tests/test_paths.py::test_each_process_gets_its_slice_of_the_global_batch"),
+ ("every length uses the longest code", "nsh_jax/step.py", "labels, bits_all[k], centers)", "labels, bits_all[-1], centers)", "tests/test_paths.py::test_multi_length_codes_are_prefixes_and_each_length_has_a_loss"),
+ ("H2Q keeps the last epoch", "nsh_jax/householder.py", "if val_loss < best:", "if True:", "tests/test_householder_nested.py::test_h2q_beats_random_rotation"),
+ ("batches: one permutation for every epoch", "nsh_jax/input_pipeline.py", "default_rng([seed, epoch])", "default_rng([seed, 0])", "tests/test_train.py::test_batches_are_a_function_of_the_step"),
+ ("folder labels in reverse class order", "nsh_jax/image_folder.py", "index = {c: i for i, c in enumerate(class_names)}", "index = {c: len(class_names) - 1 - i for i, c in enumerate(class_names)}", "tests/test_image_folder.py::test_every_container_reads_the_same_dataset"),
+ ("paper validation drawn among training images", "nsh_jax/protocol.py", "    outside = (np.arange(len(db_y)) if train_rows is None\n               else np.setdiff1d(np.arange(len(db_y)), train_rows))", "    outside = np.arange(len(db_y))", "tests/test_image_folder.py::test_paper_split_is_balanced_disjoint_and_seeded"),
+ ("database not shuffled", "nsh_jax/protocol.py", "  if ds.shuffle_database:", "  if False:", "tests/test_image_folder.py::test_database_order_is_label_agnostic_and_optional"),
+ ("empty class folders not checked", "nsh_jax/image_folder.py", "parts[1] not in classes_in[parts[0]]:", "False:", "tests/test_image_folder.py::test_empty_class_folder_and_bad_archives"),
+ ("reported mAP one deeper", "nsh_jax/evaluation.py", "  r = metrics.evaluate_codes(qc, dc, ql, dl, top_k)", "  r = metrics.evaluate_codes(qc, dc, ql, dl, (top_k or 0) + 1)", "tests/test_cli.py::test_evaluate_writes_metrics_and_plots"),
+ ("quantize mode fits ITQ with another seed", "nsh_jax/modes.py", "qz = householder.fit(name, tr[:, :b], seed=config.seed)", "qz = householder.fit(name, tr[:, :b], seed=config.seed + 1)", "tests/test_cli.py::test_quantize_mode_reproduces_the_run_and_compares_quantizers"),
+ ("new images coded without the run's quantizer", "nsh_jax/modes.py", "                    lambda emb, b: evaluation.codes_for(config, workdir, emb, b),\n                    state_lib.bit_list(config)", "                    lambda emb, b: emb[:, :b],\n                    state_lib.bit_list(config)", "tests/test_cli.py::test_index_codes_equal_the_runs_database_codes_and_grow"),
+ ("index re-encodes known files", "nsh_jax/image_index.py", "  known = set(meta[\"files\"]) | set(meta.get(\"skipped\", []))", "  known = set()", "tests/test_cli.py::test_index_codes_equal_the_runs_database_codes_and_grow"),
+ ("index of another model accepted", "nsh_jax/image_index.py", "  if meta.get(\"model\") != model_digest:\n    raise DataError(f\"{out_dir} was built by another model (digest", "  if False:\n    raise DataError(f\"{out_dir} was built by another model (digest", "tests/test_cli.py::test_index_of_another_model_is_refused"),
+ ("retrieval gallery with 5 results", "nsh_jax/plots.py", "queries: int = 8,\n                       k: int = 10)", "queries: int = 8,\n                       k: int = 5)", "tests/test_cli.py::test_retrieval_plot_is_written"),
+]
+only = sys.argv[1:]
+for name, path, old, new, test in M:
+  if only and not any(o in name for o in only):
+    continue
+  p = os.path.join(ROOT, path)
+  src = open(p).read()
+  if src.count(old) != 1:
+    print(f"SKIP (pattern x{src.count(old)}): {name}"); continue
+  open(p, "w").write(src.replace(old, new))
+  try:
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    last = [l for l in r.stdout.splitlines() if l.strip()][-1:]
+    print(("caught" if r.returncode != 0 else "MISSED") + f": {name} -> {test} ({last[0] if last else ''})", flush=True)
+  finally:
+    open(p, "w").write(src)
