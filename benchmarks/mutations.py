@@ -9,6 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 M = [
  ("metrics: P@H<=2 read at radius 1", "nsh_jax/metrics.py", '"p_at_h2": float(pr["precision"][min(2,', '"p_at_h2": float(pr["precision"][min(1,', "tests/test_paths.py::test_evaluate_codes_matches_brute_force"),
  ("dpsh: theta without the 1/2", "nsh_jax/losses.py", "theta = 0.5 * jnp.einsum", "theta = 1.0 * jnp.einsum", "tests/test_paths.py::test_dpsh_loss_matches_its_formula"),
+ ("csq: multi-label target from the first label only", "nsh_jax/losses.py", "target = binarize(labels.astype(jnp.float32) @ centers).astype(jnp.float32)", "target = centers[jnp.argmax(labels, axis=1)]", "tests/test_paths.py::test_csq_loss_single_and_multi_label_targets"),
+ ("dsh: margin ignored", "nsh_jax/losses.py", "jnp.maximum(margin - dist, 0.0)", "jnp.maximum(2.0 * d - dist, 0.0)", "tests/test_paths.py::test_dsh_loss_matches_its_formula_and_margin"),
  ("XLA sort ascending", "nsh_jax/sorting.py", "return jnp.argsort(-scores, axis=-1)", "return jnp.argsort(scores, axis=-1)", "tests/test_paths.py::test_xla_sort_path_equals_the_sorting_network"),
  ("OT plan not reversed", "nsh_jax/sorting.py", "return n * jnp.flip(plan, axis=1).T", "return n * plan.T", "tests/test_paths.py::test_ott_sorter_ranks_largest_first"),
  ("flip test inverted", "nsh_jax/augment.py", "jax.random.uniform(k_flip) < cfg.flip", "jax.random.uniform(k_flip) >= cfg.flip", "tests/test_paths.py::test_augmentation_at_zero_strength_is_the_identity_and_flip_mirrors"),
@@ -41,6 +43,8 @@ for name, path, old, new, test in M:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     last = [l for l in r.stdout.splitlines() if l.strip()][-1:]
-    print(("caught" if r.returncode != 0 else "MISSED") + f": {name} -> {test} ({last[0] if last else ''})", flush=True)
+    verdict = ("MISSED" if r.returncode == 0 else "caught" if last and " failed" in last[0]
+               else "ERROR (the test did not run)")
+    print(f"{verdict}: {name} -> {test} ({last[0] if last else ''})", flush=True)
   finally:
     open(p, "w").write(src)

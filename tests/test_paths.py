@@ -58,6 +58,41 @@ def test_dpsh_loss_matches_its_formula():
   assert float(losses.dpsh_loss(jnp.asarray(u), jnp.asarray(y))) == pytest.approx(want, rel=1e-4)
 
 
+def test_csq_loss_single_and_multi_label_targets():
+  rng = np.random.default_rng(1)
+  u = np.tanh(rng.normal(size=(5, 8)))
+  centers = np.sign(rng.normal(size=(3, 8)))
+  centers[centers == 0] = 1
+
+  def ref(targets):
+    p = np.clip((u + 1) / 2, 1e-6, 1 - 1e-6)
+    t = (targets + 1) / 2
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    return bce + 1e-4 * np.mean((np.abs(u) - 1) ** 2)
+
+  y = np.array([0, 2, 1, 1, 0])
+  got = float(losses.csq_loss(jnp.asarray(u), jnp.asarray(y), jnp.asarray(centers)))
+  assert got == pytest.approx(ref(centers[y]), rel=1e-5)
+  multi = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1], [1, 1, 0]])
+  s = multi @ centers  # target: the sign of the sum of the item's centres (+1 at 0)
+  got = float(losses.csq_loss(jnp.asarray(u), jnp.asarray(multi), jnp.asarray(centers)))
+  assert got == pytest.approx(ref(np.where(s >= 0, 1.0, -1.0)), rel=1e-5)
+
+
+def test_dsh_loss_matches_its_formula_and_margin():
+  rng = np.random.default_rng(2)
+  u = rng.normal(size=(6, 4))
+  y = np.array([0, 0, 1, 1, 2, 0])
+  d = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)
+  s = (y[:, None] == y[None, :]).astype(float)
+  for m in (None, 3.0):
+    margin = 8.0 if m is None else m
+    want = np.mean(0.5 * s * d + 0.5 * (1 - s) * np.maximum(margin - d, 0)) + 0.01 * np.mean(
+        np.abs(np.abs(u) - 1))
+    got = float(losses.dsh_loss(jnp.asarray(u, jnp.float32), jnp.asarray(y), margin=m))
+    assert got == pytest.approx(want, rel=1e-4)
+
+
 def test_label_similarity_multi_hot_and_hadamard_centres():
   a = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
   np.testing.assert_array_equal(np.asarray(losses.label_similarity(a, a)),
