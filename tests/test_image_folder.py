@@ -215,3 +215,30 @@ def test_standard_protocol_validation_comes_out_of_training():
   db, tr, val = _id_of(s.db_images), _id_of(s.train_images), _id_of(s.db_images)[s.val_rows]
   assert len(db) == 20 and len(tr) == 14 and len(val) == 6 and not set(val) & set(tr)
   np.testing.assert_array_equal(tr, np.setdiff1d(np.arange(20), val))  # original order kept
+
+
+def test_no_leakage_labels_and_queries_do_not_reach_the_database_codes(tmp_path):
+  """Permuting the training labels, or replacing every query image, leaves the trained
+  database codes bit-identical: labels never reach the loss (NSH is unsupervised) and
+  the queries never reach training or the quantizer."""
+  from helpers import tiny_config
+  from nsh_jax import retrieval, train
+  rng = np.random.default_rng(0)
+  data = dict(train_images=rng.integers(0, 255, (64, 16, 16, 3)).astype(np.uint8),
+              train_labels=rng.integers(0, 4, 64),
+              test_images=rng.integers(0, 255, (8, 16, 16, 3)).astype(np.uint8),
+              test_labels=rng.integers(0, 4, 8))
+  variants = {"base": {}, "labels": {"train_labels": rng.permutation(data["train_labels"])},
+              "queries": {"test_images": rng.integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)}}
+  codes = {}
+  for name, change in variants.items():
+    path = str(tmp_path / f"{name}.npz")
+    np.savez(path, **{**data, **change})
+    c = tiny_config(steps=3)
+    c.dataset.name, c.dataset.image_size, c.eval.top_k = f"npz:{path}", 16, 10
+    c.train.diagnostics = True  # labels reach the logged diagnostics, never the update
+    wd = str(tmp_path / name)
+    train.train_and_evaluate(c, wd, log=lambda *a: None)
+    codes[name] = retrieval.load_index(f"{wd}/codes/database_16bit.npz")["codes"]
+  np.testing.assert_array_equal(codes["labels"], codes["base"])
+  np.testing.assert_array_equal(codes["queries"], codes["base"])
