@@ -1,4 +1,6 @@
-"""The small CNN's three 3x3 convolutions, forward + backward, in both of
+"""[Retired goal: the >= 3x target is abandoned; kept as a measurement, BENCHMARKS.md.]
+
+The small CNN's three 3x3 convolutions, forward + backward, in both of
 ``Conv3x3``'s forms and under both XLA:CPU settings.
 
 Forms: ``im2col`` (``models.conv3x3_patches``: one matmul over the nine

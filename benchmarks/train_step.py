@@ -1,4 +1,6 @@
-"""NSH training step: nsh_jax's jitted step vs the PyTorch way, same run, same sizes.
+"""[Retired goal: the >= 3x target is abandoned; kept as a measurement, BENCHMARKS.md.]
+
+NSH training step: nsh_jax's jitted step vs the PyTorch way, same run, same sizes.
 
 Both sides: the small CNN of ``nsh_jax.models.SmallCNN`` (same layers, same
 widths), a tanh hash head (64 bits) and an L2-normalised latent head (128),
