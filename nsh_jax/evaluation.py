@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nsh_jax import augment, householder, metrics, protocol, retrieval
 from nsh_jax.errors import DataError, TrainingError
+from nsh_jax.files import pad_rows
 from nsh_jax.state import bit_list
 
 __all__ = ["make_encode_fn", "encode_images", "quantize_codes", "evaluate", "write_codes",
@@ -69,10 +70,8 @@ def encode_images(encode_fn, state, images: np.ndarray, mesh, batch_size: int = 
   data = NamedSharding(mesh, P("data"))
   out = []
   for i in range(0, images.shape[0], batch_size):
-    chunk = images[i:i + batch_size]
-    rows = chunk.shape[0]
-    if rows < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - rows,) + chunk.shape[1:], chunk.dtype)])
+    rows = min(batch_size, images.shape[0] - i)
+    chunk = pad_rows(images[i:i + batch_size], batch_size)
     sharded = jax.make_array_from_callback(chunk.shape, data, lambda idx, c=chunk: c[idx])
     out.append(_to_host(encode_fn(state, sharded))[:rows])
   return np.concatenate(out).astype(np.float32)

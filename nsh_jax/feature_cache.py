@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nsh_jax import augment, models
-from nsh_jax.files import digest_arrays, format_duration
+from nsh_jax.files import digest_arrays, format_duration, pad_rows
 
 __all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "clean_features", "extract",
            "load_or_extract"]
@@ -132,11 +132,8 @@ def clean_features(config, variables) -> Callable:
   def run(images: np.ndarray) -> np.ndarray:
     out = []
     for lo in range(0, images.shape[0], chunk):
-      batch = images[lo:lo + chunk]
-      rows = batch.shape[0]
-      if rows < chunk:
-        batch = np.concatenate([batch, np.zeros((chunk - rows,) + batch.shape[1:], batch.dtype)])
-      out.append(np.asarray(clean(batch), np.float32)[:rows])
+      rows = min(chunk, images.shape[0] - lo)
+      out.append(np.asarray(clean(pad_rows(images[lo:lo + chunk], chunk)), np.float32)[:rows])
     return np.concatenate(out)
   return run
 
@@ -151,11 +148,7 @@ def _chunks(folder: str, name: str, images: np.ndarray, chunk: int, fn: Callable
     path = os.path.join(folder, f"{name}_{c:05d}.npy")
     computed = not os.path.exists(path)
     if computed:
-      batch = images[lo:hi]
-      if hi - lo < chunk:  # one compiled shape for every chunk
-        batch = np.concatenate([batch, np.zeros((chunk - (hi - lo),) + batch.shape[1:],
-                                                batch.dtype)])
-      _write_atomic(path, np.asarray(fn(batch, lo), np.float32)[:hi - lo])
+      _write_atomic(path, np.asarray(fn(pad_rows(images[lo:hi], chunk), lo), np.float32)[:hi - lo])
     parts.append(np.load(path))
     progress.advance(hi - lo, computed)
   return np.concatenate(parts)

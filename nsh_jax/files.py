@@ -9,7 +9,8 @@ import subprocess
 
 import numpy as np
 
-__all__ = ["write_json", "read_json", "digest_arrays", "format_duration", "code_version"]
+__all__ = ["write_json", "read_json", "digest_arrays", "format_duration", "code_version",
+           "pad_rows"]
 
 
 def digest_arrays(*arrays, length: int = 16) -> str:
@@ -20,6 +21,14 @@ def digest_arrays(*arrays, length: int = 16) -> str:
     h.update(str((a.dtype, a.shape)).encode())
     h.update(a.tobytes())
   return h.hexdigest()[:length]
+
+
+def pad_rows(batch: np.ndarray, size: int) -> np.ndarray:
+  """``batch`` zero-padded to ``size`` rows (one compiled shape for every batch)."""
+  rows = batch.shape[0]
+  if rows >= size:
+    return batch
+  return np.concatenate([batch, np.zeros((size - rows,) + batch.shape[1:], batch.dtype)])
 
 
 def format_duration(seconds: float) -> str:

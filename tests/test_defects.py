@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import default
 from nsh_jax import input_pipeline, state as state_lib, step as step_lib
 from nsh_jax.errors import DataError
+from test_householder_nested import _dominance_reference  # the float64 transcription
 
 
 def _tiny_config(**model):
@@ -99,23 +100,6 @@ def test_producer_error_reaches_the_training_loop_within_a_second():
   assert not thread.is_alive(), "the consumer hung on a failed producer"
   assert time.time() - t0 < 1.0
   assert isinstance(result["error"], DataError) and "images.bin" in str(result["error"])
-
-
-def _dominance_reference(grads, bit_list, beta=1.0):
-  """Float64 transcription of the dominance-aware weights (nsh_jax/nested.py docstring)."""
-  g = [np.asarray(x, np.float64) for x in grads]
-  k_total = len(bit_list)
-  alpha = np.ones((k_total, k_total))
-  for k in range(k_total - 1):
-    gk = g[k][:, :bit_list[k]]
-    tau = beta * np.sum(gk * gk) / (k_total - 1)
-    for j in range(k + 1, k_total):
-      dot = np.sum(gk * g[j][:, :bit_list[k]])
-      alpha[k, j] = tau / -dot if -dot > tau else 1.0
-      if j >= k + 2:
-        alpha[k, j] = min(alpha[k, j], alpha[k, k + 1])
-  w = np.array([np.prod([alpha[k, j] for k in range(j)]) for j in range(k_total)])
-  return w * k_total / w.sum()
 
 
 @pytest.mark.parametrize("hidden", [0, 32])
