@@ -214,15 +214,20 @@ def test_search_by_image_prints_files_and_draws_the_gallery(trained, tmp_path):
   empty.mkdir()
   other = tmp_path / "other_model"
   cases = [(["--mode=search", f"--query={bad}"], "bad.jpg"),
-           (["--mode=search", f"--query={photos / 'img0001.png'}", "--bits=32"], "not 32-bit"),
-           (["--mode=index", f"--input={empty}", f"--output={other}"], "no image files"),
-           (["--mode=search", f"--query={photos / 'img0001.png'}", "--config.seed=3",
-             f"--index={os.path.join(workdir, 'index')}",
-             f"--workdir={tmp_path / 'nowhere'}"], "no checkpoints")]
-  for extra, expect in cases:
+           (["--mode=search", f"--query={photos / 'img0001.png'}", "--bits=32"], "not 32-bit")]
+  for extra, expect in cases:  # through main.py: the one line it prints
     res = run_main(args + extra)
     err = [l for l in res.stderr.strip().splitlines() if l.strip()]
     assert res.returncode == 2 and len(err) == 1 and expect in err[0], (extra, res.stderr[-2000:])
+  from nsh_jax import errors, modes
+  for mode, options, where, expect in (  # in-process: the same errors, without a launch each
+      ("index", {"input": str(empty), "output": str(other)}, workdir, "no image files"),
+      ("search", {"query": str(photos / "img0001.png"), "index": os.path.join(workdir, "index"),
+                  "k": 5}, str(tmp_path / "nowhere"), "no checkpoints")):
+    with pytest.raises(errors.USER_ERRORS) as e:
+      modes.MODES.get(mode)(tiny_config(), where, options)
+    msg, code = errors.describe(e.value)
+    assert code == 2 and "\n" not in msg and expect in msg, msg
 
 
 def test_index_of_another_model_is_refused(tmp_path):
