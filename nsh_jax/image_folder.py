@@ -8,8 +8,8 @@ unpacked to disk).
 * :func:`iter_image_files` -- ``(relative path, bytes)`` of every image file
   (``.jpg .jpeg .png .bmp .gif .webp``, any case) under ``PATH``, recursively;
   other files are ignored.  An archive with one top folder is read from inside it.
-* :func:`decode` -- bytes -> ``uint8 [S, S, 3]``: RGB; an image larger than ``S``
-  on its shorter side, or not square, is resized (bicubic, with Pillow's
+* :func:`decode` -- bytes -> ``uint8 [s, s, 3]`` RGB: a square image of at most
+  ``S`` on a side is kept; any other is resized (bicubic, with Pillow's
   antialiasing) so that its shorter side is ``S`` and centre-cropped to ``S x S``.
 * :func:`read_images` -- many files at once: images that all share one size are
   kept at that size (CIFAR-10's 32 x 32 stays 32 x 32; the input pipeline
@@ -39,7 +39,7 @@ import numpy as np
 
 from nsh_jax.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "list_image_files", "iter_image_files",
+__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "split_inner", "list_image_files", "iter_image_files",
            "decode", "read_images", "read_split_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -111,7 +111,7 @@ def _directory_files(path: str) -> Iterator[Tuple[str, object]]:
           lambda p=full: open(p, "rb").read())
 
 
-def _split_inner(path: str) -> Tuple[str, str]:
+def split_inner(path: str) -> Tuple[str, str]:
   """``'a/b.tar.xz/test/cat'`` -> ``('a/b.tar.xz', 'test/cat/')`` when ``a/b.tar.xz`` is an
   archive file and the whole path does not exist; else ``(path, '')``."""
   if os.path.exists(path):
@@ -129,7 +129,7 @@ def list_image_files(path: str, folders: list = None) -> List[Tuple[str, object]
   (directory: sorted walk, read when called; archive: archive order, already read),
   ``archive/inner/folder`` for one folder inside an archive; the folders seen are
   appended to ``folders`` when one is given."""
-  path, inner = _split_inner(os.path.expanduser(path))
+  path, inner = split_inner(os.path.expanduser(path))
   if not os.path.exists(path):
     raise DataError(f"image folder or archive not found: {path}")
   if os.path.isdir(path):
@@ -188,9 +188,11 @@ def _square(img, size: int):
 
 
 def decode(name: str, data: bytes, size: int) -> np.ndarray:
-  """``uint8 [size, size, 3]`` of one image file (see the module docstring)."""
+  """``uint8 [s, s, 3]`` of one image file: kept if square and at most ``size`` on a side,
+  else brought to ``size x size`` (shorter side resized, centre crop)."""
   img = _open_rgb(name, data, size)
-  if img.size != (size, size):
+  w, h = img.size
+  if w != h or w > size:
     img = _square(img, size)
   return np.asarray(img, np.uint8)
 
@@ -203,16 +205,12 @@ def read_images(files: Sequence[Tuple[str, bytes]], size: int, skip_bad: bool = 
   arrays, names, skipped = [], [], []
   for name, data in files:
     try:
-      img = _open_rgb(f"{where}{name}", data, size)
+      arrays.append(decode(f"{where}{name}", data, size))
     except DataError:
       if not skip_bad:
         raise
       skipped.append(name)
       continue
-    w, h = img.size
-    if w != h or w > size:
-      img = _square(img, size)
-    arrays.append(np.asarray(img, np.uint8))
     names.append(name)
   if arrays and len({a.shape for a in arrays}) > 1:
     from PIL import Image

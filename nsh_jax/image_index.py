@@ -35,16 +35,9 @@ from nsh_jax import image_folder, plots, retrieval
 from nsh_jax.errors import DataError
 from nsh_jax.files import format_duration, read_json, write_json
 
-__all__ = ["build", "load", "search", "prepare", "INDEX_FILE"]
+__all__ = ["build", "load", "search", "INDEX_FILE"]
 
 INDEX_FILE = "index.json"
-
-
-def prepare(name: str, data: bytes, size: int) -> np.ndarray:
-  """One file's uint8 ``[s, s, 3]``: kept if square and at most ``size``, else brought to
-  ``size x size`` (:func:`image_folder.decode`)."""
-  images, _, _ = image_folder.read_images([(name, data)], size)
-  return images[0]
 
 
 def _encode_all(encode: Callable, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -106,7 +99,7 @@ def build(source: str, out_dir: str, encode: Callable, codes_for: Callable,
     images, names = [], []
     for name, read in files[lo:lo + batch]:
       try:
-        images.append(prepare(name, read(), image_size))
+        images.append(image_folder.decode(name, read(), image_size))
         names.append(name)
       except (DataError, OSError) as e:
         skipped.append(name)
@@ -140,7 +133,7 @@ def build(source: str, out_dir: str, encode: Callable, codes_for: Callable,
 
 def _read_named(source: str, names: Sequence[str], size: int) -> Dict[str, np.ndarray]:
   wanted = set(names)
-  return {n: prepare(n, read(), size) for n, read in image_folder.list_image_files(source)
+  return {n: image_folder.decode(n, read(), size) for n, read in image_folder.list_image_files(source)
           if n in wanted}
 
 
@@ -166,7 +159,7 @@ def search(out_dir: str, queries: str, encode: Callable, codes_for: Callable, bi
     raise DataError(f"no query images in {queries}")
   if not meta["files"]:
     raise DataError(f"{out_dir} holds no images: index a folder first")
-  q_images = [prepare(f"{queries}: {n}" if len(q_files) > 1 else queries, d, size)
+  q_images = [image_folder.decode(f"{queries}: {n}" if len(q_files) > 1 else queries, d, size)
               for n, d in q_files]
   q_codes = retrieval.pack_codes(codes_for(_encode_all(encode, q_images), bits))
   dist, idx = retrieval.search(q_codes, codes[int(bits)], k)

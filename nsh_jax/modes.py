@@ -190,7 +190,7 @@ def search_mode(config, workdir, options):
     raise ValueError("--mode=search needs --query=IMAGE_OR_FOLDER (with an index built by "
                      "--mode=index, or --index=INDEX) or --index=CODES --query=CODES")
   query = options["query"]
-  if not os.path.exists(query) and not image_folder._split_inner(query)[1]:
+  if not os.path.exists(query) and not image_folder.split_inner(query)[1]:
     raise FileNotFoundError(f"query file not found: {query}")
   if _is_index_dir(index):
     if not _is_image_query(query):
