@@ -1,11 +1,16 @@
 """Compiled memory of one training step vs batch size (XLA's memory analysis; nothing runs).
 
-  NSH_JAX_CACHE=runs/feature_cache python benchmarks/step_memory.py --batches 1024 2048 4096
+  python benchmarks/step_memory.py --batches 1024 2048 4096 8192 16384 --fit 16 80 141
 
 configs/cifar_prefix_pretrained.py (heads on cached frozen features, 16/32/64-bit prefixes): the
 step as the trainer builds it (``step.make_train_step``), lowered and compiled for each batch,
 with and without ``train.diagnostics`` and with SortedNCE off (``loss.sorted_weight=0``, the
 no-sort control).  Temp = XLA's temporary buffers, the part that grows with the batch.
+
+``--fit GIB ...``: the largest batch (a multiple of 256) whose NSH step's temp + argument +
+output bytes fit each budget -- a line through the measured rows, then checked by compiling
+at that batch and the next multiple (compiled on this machine's XLA:CPU; an accelerator's
+compiler fuses differently, so treat it as an estimate there).
 """
 
 import argparse
@@ -30,7 +35,7 @@ VARIANTS = {"NSH": {}, "NSH + diagnostics": {"train.diagnostics": True},
             "no-sort control": {"loss.sorted_weight": 0.0}}
 
 
-def temp_gib(config, inputs, mesh, batch: int, overrides: dict) -> float:
+def step_gib(config, inputs, mesh, batch: int, overrides: dict, total: bool = False) -> float:
   c = config.copy_and_resolve_references()
   c.train.batch_size = batch
   for key, value in overrides.items():
@@ -41,12 +46,17 @@ def temp_gib(config, inputs, mesh, batch: int, overrides: dict) -> float:
   first = np.asarray(inputs.train[:1])  # one training example: its shape and dtype
   spec = jax.ShapeDtypeStruct((batch,) + first.shape[1:], first.dtype)
   compiled = fn.lower(state, spec, jax.ShapeDtypeStruct((batch,), jnp.int32)).compile()
-  return compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
+  mem = compiled.memory_analysis()
+  size = mem.temp_size_in_bytes
+  if total:
+    size += mem.argument_size_in_bytes + mem.output_size_in_bytes
+  return size / 2 ** 30
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--batches", type=int, nargs="+", default=[1024, 2048, 4096])
+  p.add_argument("--batches", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+  p.add_argument("--fit", type=float, nargs="*", default=[], help="budgets in GiB")
   args = p.parse_args()
   os.chdir(ROOT)
   config = cifar_prefix_pretrained.get_config()
@@ -55,8 +65,22 @@ def main():
   print("| batch | " + " | ".join(f"{v} (GiB)" for v in VARIANTS) + " |")
   print("|---|" + "---|" * len(VARIANTS))
   for batch in args.batches:
-    cells = [f"{temp_gib(config, inputs, mesh, batch, o):.2f}" for o in VARIANTS.values()]
+    cells = [f"{step_gib(config, inputs, mesh, batch, o):.2f}" for o in VARIANTS.values()]
     print(f"| {batch} | " + " | ".join(cells) + " |", flush=True)
+  if args.fit:
+    total = lambda b: step_gib(config, inputs, mesh, b, {}, total=True)
+    lo, hi = min(args.batches), max(args.batches)
+    slope = (total(hi) - total(lo)) / (hi - lo)
+    base = total(hi) - slope * hi
+    print("\n| budget (GiB) | largest batch (NSH step, 64 bits) | its GiB | next +256 GiB |")
+    print("|---|---|---|---|")
+    for budget in args.fit:
+      b = max(256, int((budget - base) / slope) // 256 * 256)
+      while total(b) > budget and b > 256:
+        b -= 256
+      while total(b + 256) <= budget:
+        b += 256
+      print(f"| {budget:g} | {b} | {total(b):.2f} | {total(b + 256):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ retrieval stack (Numba) or the trainer.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -83,11 +84,23 @@ def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
     raise ValueError(f"need 1 <= num_positives < n; got num_positives={m}, n={n}")
   if sort_temperature is None:
     sort_temperature = 1.0 / d
+  if sorter == "softsort":
+    return _fused_sorted_nce(codes_a, codes_b, latents_a, latents_b,
+                             jnp.asarray(sort_temperature, jnp.float32),
+                             jnp.asarray(temperature, jnp.float32), m)
   sim = sorting.hamming_similarity(codes_a, codes_b)  # [n, n]
   dots = jnp.einsum("id,jd->ij", latents_a.astype(jnp.float32),
                     latents_b.astype(jnp.float32), precision=_HI)  # <za_i, zb_j>
   logits = sorting.sort_gather(sim, dots, sort_temperature, sorter) / temperature
   return ranked_nce(logits, m)
+
+
+def _ranked_nce_by_rank(logits: jax.Array, m: int) -> jax.Array:
+  """``sum_{k<m} [logaddexp(c_k, lse_{r>=m} c_r) - c_k]`` over the rank axis 0 of
+  ``[n_ranks, ...]`` -> ``[...]``."""
+  negatives = jax.nn.logsumexp(logits[m:], axis=0, keepdims=True)
+  positives = logits[:m]
+  return jnp.sum(jnp.logaddexp(positives, negatives) - positives, axis=0)
 
 
 def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
@@ -96,10 +109,118 @@ def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
   ``L = mean_{i, k<m} [logaddexp(c_ik, lse_{r>=m} c_ir) - c_ik]`` for logits
   ``c`` of shape ``[n, n_ranks]`` (a proper log-sum-exp, no double softmax).
   """
-  m = num_positives
-  negatives = jax.nn.logsumexp(logits[:, m:], axis=-1, keepdims=True)
-  positives = logits[:, :m]
-  return jnp.mean(jnp.logaddexp(positives, negatives) - positives)
+  return (jnp.sum(_ranked_nce_by_rank(logits.T, num_positives))
+          / (logits.shape[0] * num_positives))
+
+
+# --------------------------------------------------------------- fused SortedNCE kernel
+#
+# SortedNCE with SoftSort as one custom VJP over (codes, latents) that never holds an
+# [n, n] array: anchors go in chunks (a lax.scan), each chunk forming its own [n, rows]
+# similarities and latent inner products (candidates first: the layout the sorting
+# kernels vectorise), sorting them, applying the soft sort (sorting._sorted_apply_fwd)
+# and the ranked NCE.  The forward keeps only its inputs; the
+# backward recomputes each chunk and turns the chunk's [rows, n] cotangents straight into
+# code and latent cotangents (small matmuls), so memory is O(rows * n + n * d) in forward
+# and backward alike, and the calls of one train step keep nothing [n, n] in between.
+
+# Elements of one chunk's [n, rows] arrays: cache-sized on CPU (the sorting network and
+# the scans stream over a chunk once per stage); on accelerators large enough that the
+# loop over chunks stays short (n = 16,384: 16 chunks) and ~30 such arrays still fit.
+_CHUNK_ELEMENTS = {"cpu": 1 << 15}
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+
+
+def _chunking(n: int):
+  """``(chunks, rows)``: ``chunks * rows >= n`` anchors in chunks of ``rows``."""
+  budget = _CHUNK_ELEMENTS.get(jax.default_backend(), _CHUNK_ELEMENTS_ACCELERATOR)
+  rows = max(1, min(n, budget // n))
+  chunks = -(-n // rows)
+  return chunks, -(-n // chunks)
+
+
+def _chunk_forward(ca, za, cb, zb, tau_s, temperature, m):
+  """One chunk of anchors ``ca [c, d]``, ``za [c, dz]`` against every candidate.
+
+  Returns the per-anchor losses ``[c]`` and what the backward reuses: the sort order,
+  the soft-sort residuals and the ranked logits, each ``[n, c]`` (rank or candidate
+  first)."""
+  sim = sorting.hamming_similarity(cb, ca)  # [n, c]: s_ij at [j, i]
+  dots = jnp.einsum("jd,id->ji", zb, za, precision=_HI)  # <za_i, zb_j> at [j, i]
+  order = sorting._argsort_desc(sim, axis=0)
+  x = jnp.take_along_axis(sim, order, axis=0)
+  v = jnp.take_along_axis(dots, order, axis=0)
+  out, residuals = sorting._sorted_apply_fwd(x, v, tau_s)
+  logits = out / temperature
+  return _ranked_nce_by_rank(logits, m), (order, residuals, logits)
+
+
+def _padded_chunks(x, chunks: int, rows: int):
+  """``[n, k]`` -> ``[chunks, rows, k]``, zero rows appended."""
+  pad = chunks * rows - x.shape[0]
+  return jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, rows, x.shape[1])
+
+
+def _as_f32(*xs):
+  return tuple(jnp.asarray(x, jnp.float32) for x in xs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _fused_sorted_nce(codes_a, codes_b, latents_a, latents_b, tau_s, temperature, m):
+  return _fused_fwd(codes_a, codes_b, latents_a, latents_b, tau_s, temperature, m)[0]
+
+
+def _fused_fwd(codes_a, codes_b, latents_a, latents_b, tau_s, temperature, m):
+  ca, cb, za, zb = _as_f32(codes_a, codes_b, latents_a, latents_b)
+  n = ca.shape[0]
+  chunks, rows = _chunking(n)
+  valid = _padded_chunks(jnp.ones((n, 1), jnp.float32), chunks, rows)[..., 0]
+
+  def body(total, xs):
+    ca_c, za_c, valid_c = xs
+    per_anchor, _ = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m)
+    return total + jnp.sum(per_anchor * valid_c), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          (_padded_chunks(ca, chunks, rows), _padded_chunks(za, chunks, rows),
+                           valid))
+  return total / (n * m), (codes_a, codes_b, latents_a, latents_b, tau_s, temperature)
+
+
+def _fused_bwd(m, residuals, g):
+  codes_a, codes_b, latents_a, latents_b, tau_s, temperature = residuals
+  ca, cb, za, zb = _as_f32(codes_a, codes_b, latents_a, latents_b)
+  n, d = ca.shape
+  chunks, rows = _chunking(n)
+  weight = _padded_chunks(jnp.full((n, 1), g / (n * m), jnp.float32), chunks, rows)[..., 0]
+  mm = lambda x, y: jnp.matmul(x, y, precision=_HI)
+
+  def body(carry, xs):
+    d_cb, d_zb, d_tau_s, d_temp = carry
+    ca_c, za_c, w = xs
+    _, (order, res, logits) = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m)
+    g_logits = jax.vjp(lambda l: _ranked_nce_by_rank(l, m), logits)[1](w)[0]
+    d_temp = d_temp - jnp.sum(g_logits * logits) / temperature  # logits = out / T
+    d_x, d_v, d_tau = sorting._sorted_apply_bwd(res, g_logits / temperature)
+    # From rank order back to candidate order: the inverse permutation, then gathers.
+    iota = jax.lax.broadcasted_iota(order.dtype, order.shape, 0)
+    inverse = jnp.zeros_like(order).at[order, jnp.arange(order.shape[1])].set(iota)
+    d_sim = jnp.take_along_axis(d_x, inverse, axis=0) / (2.0 * d)  # s = a b^T / (2d) + 1/2
+    d_dots = jnp.take_along_axis(d_v, inverse, axis=0)  # [n, c]
+    return ((d_cb + mm(d_sim, ca_c), d_zb + mm(d_dots, za_c), d_tau_s + d_tau, d_temp),
+            (mm(d_sim.T, cb), mm(d_dots.T, zb)))
+
+  init = (jnp.zeros_like(cb), jnp.zeros_like(zb), jnp.zeros((), jnp.float32),
+          jnp.zeros((), jnp.float32))
+  (d_cb, d_zb, d_tau_s, d_temp), (d_ca, d_za) = jax.lax.scan(
+      body, init, (_padded_chunks(ca, chunks, rows), _padded_chunks(za, chunks, rows), weight))
+  like = lambda grad, x: grad.astype(jnp.result_type(x))
+  return (like(d_ca.reshape(-1, d)[:n], codes_a), like(d_cb, codes_b),
+          like(d_za.reshape(-1, za.shape[1])[:n], latents_a), like(d_zb, latents_b),
+          like(d_tau_s, tau_s), like(d_temp, temperature))
+
+
+_fused_sorted_nce.defvjp(_fused_fwd, _fused_bwd)
 
 
 def symmetric_sorted_nce(codes_1, codes_2, latents_1, latents_2,

@@ -29,6 +29,8 @@ itself), so no max-subtraction is needed and ``K_1 >= 1``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,40 +84,42 @@ def soft_sort(scores: jax.Array, temperature: float | jax.Array) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-@jax.jit  # one compiled network per shape, also when called eagerly
-def _bitonic_argsort_desc(keys: jax.Array) -> jax.Array:
-  """Indices that sort the last axis descending, by a bitonic sorting network.
+@functools.partial(jax.jit, static_argnames="axis")  # one compiled network per shape
+def _bitonic_argsort_desc(keys: jax.Array, axis: int = -1) -> jax.Array:
+  """Indices that sort ``axis`` descending, by a bitonic sorting network.
 
-  ``log2(N) (log2(N) + 1) / 2`` compare-exchange stages (``N`` = ``n`` rounded
-  up to a power of two, padded with ``-inf``), each one fused elementwise pass
-  over ``[..., N]`` -- data-parallel work that XLA:CPU vectorises, where its
-  ``sort`` runs a scalar comparator (slower here, BENCHMARKS.md).
-  Ties come out in an unspecified order, which :func:`soft_sort_apply` does
-  not depend on.  ``O(n log^2 n)`` per row.
+  ``log2(N) (log2(N) + 1) / 2`` compare-exchange stages (``N`` = the axis length
+  rounded up to a power of two, padded with ``-inf``), each one fused elementwise
+  pass -- data-parallel work that XLA:CPU vectorises, where its ``sort`` runs a
+  scalar comparator (slower here, BENCHMARKS.md).  The sorted axis is moved first,
+  so that every compare-exchange swaps whole contiguous vectors (the other axes).
+  Ties come out in an unspecified order, which :func:`soft_sort_apply` does not
+  depend on.  ``O(n log^2 n)`` per row.
   """
   keys = jax.lax.stop_gradient(jnp.asarray(keys, jnp.float32))
-  n = keys.shape[-1]
+  keys = jnp.moveaxis(keys, axis, 0)
+  n, rest = keys.shape[0], keys.shape[1:]
   size = 1 << max(n - 1, 0).bit_length()
-  lead = keys.shape[:-1]
+  keys = keys.reshape(n, -1)
   if size != n:
-    keys = jnp.concatenate([keys, jnp.full(lead + (size - n,), -jnp.inf, keys.dtype)], -1)
-  idx = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), keys.shape)
+    keys = jnp.concatenate([keys, jnp.full((size - n, keys.shape[1]), -jnp.inf, keys.dtype)])
+  idx = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32)[:, None], keys.shape)
   block = 2
   while block <= size:  # merge bitonic runs of length `block`
     stride = block // 2
     while stride >= 1:  # compare i with i + stride inside each pair of halves
-      shape = lead + (size // (2 * stride), 2, stride)
+      shape = (size // (2 * stride), 2, stride, keys.shape[1])
       k2, i2 = keys.reshape(shape), idx.reshape(shape)
       first = np.arange(size // (2 * stride)) * 2 * stride
-      descending = jnp.asarray(((first & block) == 0)[:, None])
-      lo, hi = k2[..., 0, :], k2[..., 1, :]
+      descending = jnp.asarray(((first & block) == 0)[:, None, None])
+      lo, hi = k2[:, 0], k2[:, 1]
       swap = jnp.where(descending, lo < hi, lo > hi)
-      keys = jnp.stack([jnp.where(swap, hi, lo), jnp.where(swap, lo, hi)], -2).reshape(keys.shape)
-      idx = jnp.stack([jnp.where(swap, i2[..., 1, :], i2[..., 0, :]),
-                       jnp.where(swap, i2[..., 0, :], i2[..., 1, :])], -2).reshape(idx.shape)
+      keys = jnp.stack([jnp.where(swap, hi, lo), jnp.where(swap, lo, hi)], 1).reshape(keys.shape)
+      idx = jnp.stack([jnp.where(swap, i2[:, 1], i2[:, 0]),
+                       jnp.where(swap, i2[:, 0], i2[:, 1])], 1).reshape(idx.shape)
       stride //= 2
     block *= 2
-  return idx[..., :n]
+  return jnp.moveaxis(idx[:n].reshape((n,) + rest), 0, axis)
 
 
 # Largest row length that takes the sorting network on CPU: measured faster
@@ -124,63 +128,73 @@ def _bitonic_argsort_desc(keys: jax.Array) -> jax.Array:
 _NETWORK_MAX_N = 4096
 
 
-def _argsort_desc(scores: jax.Array) -> jax.Array:
-  """Descending order of the last axis: the sorting network on CPU for
-  ``n <= 4096``, XLA's sort otherwise (TPU/GPU sorts are already data-parallel)."""
-  if jax.default_backend() == "cpu" and scores.shape[-1] <= _NETWORK_MAX_N:
-    return _bitonic_argsort_desc(scores)
-  return jnp.argsort(-scores, axis=-1)
+def _argsort_desc(scores: jax.Array, axis: int = -1) -> jax.Array:
+  """Descending order along ``axis``: the sorting network on CPU for ``n <= 4096``,
+  XLA's sort otherwise (TPU/GPU sorts are already data-parallel)."""
+  if jax.default_backend() == "cpu" and scores.shape[axis] <= _NETWORK_MAX_N:
+    return _bitonic_argsort_desc(scores, axis=axis)
+  return jnp.argsort(-scores, axis=axis)
 
 
-def _scan(decay: jax.Array, values: jax.Array) -> jax.Array:
-  """``h_r = decay_r * h_{r-1} + values_r`` on the last axis, as a parallel scan."""
+# The kernels below work on the rank axis first: ``x`` ``[n, ...]`` sorted descending
+# along axis 0, values alike; every shift, scan and gather moves whole contiguous
+# vectors of the trailing axes (the rows), which XLA:CPU vectorises.
+
+def _shift_up(a: jax.Array) -> jax.Array:
+  """``a[1:]`` with a zero row appended: ``out[p] = a[p + 1]`` (0 past the end)."""
+  return jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+
+
+def _scan(decay: jax.Array, values: tuple) -> tuple:
+  """``h_r = decay_r * h_{r-1} + values_r`` along axis 0, for each array of ``values``."""
 
   def combine(left, right):
     a_l, b_l = left
     a_r, b_r = right
-    return a_l * a_r, a_r * b_l + b_r
+    return a_l * a_r, tuple(a_r * l + r for l, r in zip(b_l, b_r))
 
-  _, h = jax.lax.associative_scan(combine, (jnp.broadcast_to(decay, values.shape), values),
-                                  axis=-1)
+  _, h = jax.lax.associative_scan(combine, (decay, tuple(values)), axis=0)
   return h
 
 
-def _kernel_scans(x: jax.Array, stacked: jax.Array, temperature):
-  """Inclusive one-sided Laplace-kernel sums over a descending row.
+def _kernel_scans(x: jax.Array, values: tuple, temperature):
+  """Inclusive one-sided Laplace-kernel sums over a descending ``x`` ``[n, ...]``.
 
-  ``x`` ``[..., n]`` sorted descending; ``stacked`` ``[k, ..., n]`` values in
-  that order.  Returns ``(link, left, right)``: ``link[p] = exp(-(x_p - x_{p+1})/tau)``
-  ``[..., n-1]``, ``left[p] = sum_{q<=p} v_q k(x_q, x_p)`` and
-  ``right[p] = sum_{q>=p} v_q k(x_q, x_p)``, each a first-order recurrence with
-  factors in ``(0, 1]`` (stable in both directions).
+  Returns ``(link, left, right)``: ``link[p] = exp(-(x_p - x_{p+1})/tau)`` ``[n-1, ...]``,
+  and for each ``v`` of ``values`` ``left[p] = sum_{q<=p} v_q k(x_q, x_p)``,
+  ``right[p] = sum_{q>=p} v_q k(x_q, x_p)``: first-order recurrences with factors in
+  ``(0, 1]`` (stable in both directions).
   """
-  link = jnp.exp(-(x[..., :-1] - x[..., 1:]) / temperature)
-  zeros = jnp.zeros_like(x[..., :1])
-  left = _scan(jnp.concatenate([zeros, link], -1), stacked)
-  right = jnp.flip(_scan(jnp.flip(jnp.concatenate([link, zeros], -1), -1),
-                         jnp.flip(stacked, -1)), -1)
+  link = jnp.exp(-(x[:-1] - x[1:]) / temperature)
+  zeros = jnp.zeros_like(x[:1])
+  left = _scan(jnp.concatenate([zeros, link]), values)
+  flip = lambda a: jnp.flip(a, 0)
+  right = tuple(map(flip, _scan(flip(jnp.concatenate([link, zeros])), tuple(map(flip, values)))))
   return link, left, right
 
 
 def _pad_last(link: jax.Array) -> jax.Array:
-  """``link`` ``[..., n-1]`` -> ``[..., n]`` with 0 at the end (``n = 1`` included)."""
-  return jnp.concatenate([link, jnp.zeros(link.shape[:-1] + (1,), link.dtype)], -1)
+  """``link`` ``[n-1, ...]`` -> ``[n, ...]`` with 0 at the end (``n = 1`` included)."""
+  return jnp.concatenate([link, jnp.zeros((1,) + link.shape[1:], link.dtype)])
 
 
-def _full_sums(link, left, right):
+def _full_sums(link, left, right) -> tuple:
   """``K[p] = sum_q v_q k(x_q, x_p)`` from the one-sided sums: ``left[p] + link[p] right[p+1]``."""
-  right_next = jnp.concatenate([right[..., 1:], jnp.zeros_like(right[..., :1])], -1)
-  return left + _pad_last(link) * right_next
+  link = _pad_last(link)
+  return tuple(l + link * _shift_up(r) for l, r in zip(left, right))
 
 
 def _tie_groups(x: jax.Array):
-  """First and last position ``[..., n]`` int32 of each position's run of equal values."""
-  n = x.shape[-1]
-  iota = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), x.shape)
-  new_run = jnp.concatenate([jnp.ones_like(x[..., :1], bool), x[..., 1:] != x[..., :-1]], -1)
-  run_ends = jnp.concatenate([x[..., :-1] != x[..., 1:], jnp.ones_like(x[..., :1], bool)], -1)
-  first = jax.lax.cummax(jnp.where(new_run, iota, 0), axis=x.ndim - 1)
-  last = jax.lax.cummin(jnp.where(run_ends, iota, n - 1), axis=x.ndim - 1, reverse=True)
+  """First and last position ``[n, ...]`` int32 of each position's run of equal values."""
+  n = x.shape[0]
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0)
+  differs = x[1:] != x[:-1]
+  one = jnp.ones_like(x[:1], bool)
+  # Associative scans: XLA:CPU's cummax/cummin are several times slower here.
+  first = jax.lax.associative_scan(
+      jnp.maximum, jnp.where(jnp.concatenate([one, differs]), iota, 0), axis=0)
+  last = jax.lax.associative_scan(
+      jnp.minimum, jnp.where(jnp.concatenate([differs, one]), iota, n - 1), axis=0, reverse=True)
   return first, last
 
 
@@ -190,48 +204,44 @@ def _strict_sums(link, left, right, first, last):
   ``above[p] = link[f-1] left[f-1]`` with ``f`` the first position of p's tie
   run (0 when ``f = 0``), ``below[p] = link[l] right[l+1]`` with ``l`` its last.
   """
-  n = link.shape[-1] + 1
-  take = lambda a, i: jnp.take_along_axis(a, jnp.broadcast_to(i, a.shape[:1] + i.shape), -1)
-  link_ext = _pad_last(link)
-  up = jnp.maximum(first - 1, 0)
-  above = jnp.where(first > 0, take(link_ext[None], up) * take(left, up), 0.0)
-  down = jnp.minimum(last + 1, n - 1)
-  below = jnp.where(last < n - 1, take(link_ext[None], last) * take(right, down), 0.0)
+  n = first.shape[0]
+  take = lambda a, i: jnp.take_along_axis(a, i, axis=0)
+  link = _pad_last(link)
+  up, down = jnp.maximum(first - 1, 0), jnp.minimum(last + 1, n - 1)
+  link_up, link_last = take(link, up), take(link, last)
+  above = tuple(jnp.where(first > 0, link_up * take(a, up), 0.0) for a in left)
+  below = tuple(jnp.where(last < n - 1, link_last * take(b, down), 0.0) for b in right)
   return above, below
 
 
 def _run_mean(values: jax.Array, first: jax.Array, last: jax.Array) -> jax.Array:
-  """Mean of ``values`` over each position's tie run, broadcast to the run's members.
+  """Mean of ``values`` ``[n, ...]`` over each position's tie run along axis 0,
+  broadcast to the run's members.
 
-  A segmented scan each way (no prefix-sum differences, so no cancellation).
+  One scatter-add of each run into its first position, then a gather: direct sums (no
+  prefix-sum differences, so no cancellation), and no scan over values computed in the
+  same fusion (which XLA:CPU ran several times slower).
   """
-  n = values.shape[-1]
-  iota = jnp.arange(n, dtype=jnp.int32)
-
-  def combine(left, right):
-    f_l, a_l = left
-    f_r, a_r = right
-    return f_l | f_r, jnp.where(f_r, a_r, a_l + a_r)
-
-  starts, ends = first == iota, last == iota
-  _, down = jax.lax.associative_scan(combine, (starts, values), axis=-1)
-  _, up = jax.lax.associative_scan(combine, (jnp.flip(ends, -1), jnp.flip(values, -1)), axis=-1)
-  total = down + jnp.flip(up, -1) - values
-  return total / (last - first + 1).astype(values.dtype)
+  n = values.shape[0]
+  flat, start = values.reshape(n, -1), first.reshape(n, -1)
+  column = jax.lax.broadcasted_iota(jnp.int32, flat.shape, 1)
+  sums = jnp.zeros_like(flat).at[start, column].add(flat)
+  count = (last - first + 1).reshape(n, -1).astype(values.dtype)
+  return (jnp.take_along_axis(sums, start, axis=0) / count).reshape(values.shape)
 
 
 @jax.custom_vjp
 def _sorted_apply(x: jax.Array, v: jax.Array, temperature: jax.Array) -> jax.Array:
-  """``out[p] = sum_q v_q k(x_p, x_q) / sum_q k(x_p, x_q)`` for a row ``x`` sorted
-  descending, ``k(a, b) = exp(-|a - b| / tau)``; ``[..., n]`` -> ``[..., n]``."""
+  """``out[p] = sum_q v_q k(x_p, x_q) / sum_q k(x_p, x_q)`` for ``x`` ``[n, ...]`` sorted
+  descending along axis 0, ``k(a, b) = exp(-|a - b| / tau)``; ``[n, ...]`` -> ``[n, ...]``."""
   return _sorted_apply_fwd(x, v, temperature)[0]
 
 
 def _sorted_apply_fwd(x, v, temperature):
-  link, left, right = _kernel_scans(x, jnp.stack([v, jnp.ones_like(v)]), temperature)
-  sums = _full_sums(link, left, right)
-  out = sums[0] / sums[1]  # the normaliser is >= 1: every point sees itself
-  return out, (x, v, temperature, link, left, right, out, sums[1])
+  link, left, right = _kernel_scans(x, (v, jnp.ones_like(v)), temperature)
+  sum_v, norm = _full_sums(link, left, right)
+  out = sum_v / norm  # the normaliser is >= 1: every point sees itself
+  return out, (x, v, temperature, link, left, right, out, norm)
 
 
 def _sorted_apply_bwd(residuals, g):
@@ -247,16 +257,15 @@ def _sorted_apply_bwd(residuals, g):
   # tau: out depends on x / tau only, so dL/dtau = -(1/tau) sum_p x_p dL/dx_p.
   x, v, tau, link, left, right, out, norm = residuals
   first, last = _tie_groups(x)
-  above, below = _strict_sums(link, left, right, first, last)
+  (above_v, above_1), (below_v, below_1) = _strict_sums(link, left, right, first, last)
   w = g / norm
-  _, left_w, right_w = _kernel_scans(x, jnp.stack([w, w * out]), tau)
-  above_w, below_w = _strict_sums(link, left_w, right_w, first, last)
-  d_t = -(w / tau) * ((below[0] - out * below[1]) - (above[0] - out * above[1]))
-  d_x = (v * (above_w[0] - below_w[0]) - (above_w[1] - below_w[1])) / tau
-  d_x = d_x + _run_mean(d_t, first, last)
-  d_v = _full_sums(link, left_w, right_w)[0]
+  _, left_w, right_w = _kernel_scans(x, (w, w * out), tau)
+  (above_w, above_wo), (below_w, below_wo) = _strict_sums(link, left_w, right_w, first, last)
+  d_t = -(w / tau) * ((below_v - out * below_1) - (above_v - out * above_1))
+  d_x = (v * (above_w - below_w) - (above_wo - below_wo)) / tau + _run_mean(d_t, first, last)
+  d_v = _full_sums(link, left_w[:1], right_w[:1])[0]
   # Rows are translation invariant (sum_p dL/dx_p = 0): centre x for accuracy.
-  d_tau = -jnp.sum((x - x[..., :1]) * d_x) / tau
+  d_tau = -jnp.sum((x - x[:1]) * d_x) / tau
   return d_x, d_v, jnp.reshape(d_tau, jnp.shape(tau)).astype(jnp.result_type(tau))
 
 
@@ -291,12 +300,13 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
   temperature = jnp.asarray(temperature, jnp.float32)
   if temperature.ndim:
     raise ValueError(f"temperature must be a scalar; got shape {temperature.shape}")
-  # The order itself carries no gradient; the sorted values and the values
-  # gathered in that order do (take_along_axis's transpose scatters back).
-  order = _argsort_desc(scores)
-  x = jnp.take_along_axis(scores, order, axis=-1)
-  v = jnp.take_along_axis(values, order, axis=-1)
-  return _sorted_apply(x, v, temperature)
+  # The kernels take the rank axis first.  The order itself carries no gradient;
+  # the sorted values and the values gathered in that order do.
+  scores, values = jnp.moveaxis(scores, -1, 0), jnp.moveaxis(values, -1, 0)
+  order = _argsort_desc(scores, axis=0)
+  x = jnp.take_along_axis(scores, order, axis=0)
+  v = jnp.take_along_axis(values, order, axis=0)
+  return jnp.moveaxis(_sorted_apply(x, v, temperature), 0, -1)
 
 
 def ott_soft_permutation(scores: jax.Array, epsilon: float = 0.1,

@@ -40,7 +40,8 @@ def create_train_state(config, rng, input_shape, backbone: Optional[str] = None)
   features with ``backbone='features'``); pretrained backbone weights are loaded
   when ``config.model.pretrained`` and the backbone is the config's."""
   model = create_model(config, backbone)
-  variables = model.init(rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  # One compiled init: eagerly, every initializer is a compilation of its own.
+  variables = jax.jit(model.init)(rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
   if config.model.pretrained and backbone in (None, config.model.backbone):
     variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
   variables = flax.core.unfreeze(variables)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import (checkpoints, evaluation, feature_cache, input_pipeline, losses, models, optim,
+from nsh_jax import (checkpoints, evaluation, events, feature_cache, input_pipeline, losses, models, optim,
                      state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import code_version, digest_arrays, format_duration, read_json, write_json
@@ -63,7 +63,7 @@ class _Run:
 def backbone_variables(config):
   """The frozen backbone's pretrained variables and their digest (for the cache key)."""
   size = config.dataset.image_size
-  variables = models.BackboneOnly(config.model.backbone).init(
+  variables = jax.jit(models.BackboneOnly(config.model.backbone).init)(
       jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
   variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
   return variables, digest_arrays(*jax.tree.leaves(variables))
@@ -87,8 +87,7 @@ def model_inputs(config, splits, log=print) -> _Inputs:
 def _summary_writer(workdir: str):
   if jax.process_index() != 0:
     return None
-  from flax.metrics import tensorboard
-  return tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  return events.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
 
 def _check_finite(run: _Run, state) -> None:

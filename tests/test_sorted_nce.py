@@ -341,3 +341,53 @@ def test_nt_xent_matches_formula_and_optax():
   labels = np.concatenate([np.arange(6), np.arange(6)])
   np.testing.assert_allclose(float(optax.losses.ntxent(jnp.asarray(u, jnp.float32), labels, 0.2)),
                              want, rtol=1e-5)
+
+
+# ------------------------------------------- the fused, chunked kernel vs the composed form
+
+
+def _composed_sorted_nce(a, b, za, zb, m, temperature, sort_temperature):
+  """SortedNCE from its public pieces: the soft sort of the full [n, n] similarities
+  (soft_sort_apply), then ranked_nce -- the form before the fused kernel."""
+  sim = sorting.hamming_similarity(a, b)
+  dots = jnp.einsum("id,jd->ij", za, zb, precision=jax.lax.Precision.HIGHEST)
+  return losses.ranked_nce(sorting.soft_sort_apply(sim, dots, sort_temperature) / temperature, m)
+
+
+# chunks of 1 row, padded chunks of 7, one chunk
+@pytest.mark.parametrize("rows,ties", [(1, True), (7, False), (7, True), (64, False)])
+def test_fused_kernel_equals_the_composed_form(monkeypatch, rows, ties):
+  """Values and gradients (codes, latents, both temperatures) of the chunked custom VJP
+  against autodiff through soft_sort_apply + ranked_nce, on random and +-1 codes, and
+  permutation-equivariant."""
+  n, m = 33, 3
+  monkeypatch.setitem(losses._CHUNK_ELEMENTS, jax.default_backend(), rows * n)
+  assert losses._chunking(n)[1] == min(rows, n)
+  a, b, za, zb = (jnp.asarray(x, jnp.float32)
+                  for x in random_problem(np.random.default_rng(rows), n, 8, 5, ties))
+  args = (a, b, za, zb, jnp.float32(0.3), jnp.float32(0.15))
+  fused = lambda a, b, za, zb, t, ts: losses.sorted_nce(a, b, za, zb, num_positives=m,
+                                                         temperature=t, sort_temperature=ts)
+  composed = lambda a, b, za, zb, t, ts: _composed_sorted_nce(a, b, za, zb, m, t, ts)
+  grad = lambda f: jax.value_and_grad(f, argnums=tuple(range(6)))
+  (v1, g1), (v2, g2) = grad(fused)(*args), grad(composed)(*args)
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
+  for x, y in zip(g1, g2):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+  perm = np.random.default_rng(1).permutation(n)
+  _, gp = grad(fused)(*(x[perm] for x in args[:4]), *args[4:])
+  for x, y in zip(gp[:4], g1[:4]):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y)[perm], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_kernel_memory_is_a_few_n_squared():
+  """XLA's compiled memory of value_and_grad at n = 512: at most 8 float32 [n, n] arrays
+  (the composed form holds ~40)."""
+  n = 512
+  spec = lambda d: jax.ShapeDtypeStruct((n, d), jnp.float32)
+  f = jax.jit(jax.value_and_grad(lambda *x: sorted_nce(*x), argnums=(0, 1, 2, 3)))
+  mem = f.lower(spec(64), spec(64), spec(128), spec(128)).compile().memory_analysis()
+  if mem is None:
+    pytest.skip("no compiled memory analysis on this backend")
+  total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+  assert total <= 8 * 4 * n * n, total / (4 * n * n)
