@@ -125,16 +125,18 @@ def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
 # and backward alike, and the calls of one train step keep nothing [n, n] in between.
 
 # Elements of one chunk's [n, rows] arrays: cache-sized on CPU (the sorting network and
-# the scans stream over a chunk once per stage); on accelerators large enough that the
-# loop over chunks stays short (n = 16,384: 16 chunks) and ~30 such arrays still fit.
+# the scans stream over a chunk once per stage), but at least _MIN_ROWS anchors wide (the
+# vectors every stage moves); on accelerators large enough that the loop over chunks
+# stays short (n = 16,384: 16 chunks) and the ~40 such arrays of a chunk still fit.
 _CHUNK_ELEMENTS = {"cpu": 1 << 15}
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+_MIN_ROWS = 64
 
 
 def _chunking(n: int):
   """``(chunks, rows)``: ``chunks * rows >= n`` anchors in chunks of ``rows``."""
   budget = _CHUNK_ELEMENTS.get(jax.default_backend(), _CHUNK_ELEMENTS_ACCELERATOR)
-  rows = max(1, min(n, budget // n))
+  rows = max(1, min(n, max(_MIN_ROWS, budget // n)))
   chunks = -(-n // rows)
   return chunks, -(-n // chunks)
 

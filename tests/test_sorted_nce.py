@@ -362,6 +362,7 @@ def test_fused_kernel_equals_the_composed_form(monkeypatch, rows, ties):
   permutation-equivariant."""
   n, m = 33, 3
   monkeypatch.setitem(losses._CHUNK_ELEMENTS, jax.default_backend(), rows * n)
+  monkeypatch.setattr(losses, "_MIN_ROWS", 1)
   assert losses._chunking(n)[1] == min(rows, n)
   a, b, za, zb = (jnp.asarray(x, jnp.float32)
                   for x in random_problem(np.random.default_rng(rows), n, 8, 5, ties))
