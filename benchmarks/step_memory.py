@@ -8,8 +8,8 @@ with and without ``train.diagnostics`` and with SortedNCE off (``loss.sorted_wei
 no-sort control).  Temp = XLA's temporary buffers, the part that grows with the batch.
 
 ``--fit GIB ...``: the largest batch (a multiple of 256) whose NSH step's temp + argument +
-output bytes fit each budget -- a line through the measured rows, then checked by compiling
-at that batch and the next multiple (compiled on this machine's XLA:CPU; an accelerator's
+output bytes fit each budget -- a parabola through three of the measured rows, then checked
+by compiling at that batch and the next multiple (compiled on this machine's XLA:CPU; an accelerator's
 compiler fuses differently, so treat it as an estimate there).
 """
 
@@ -69,17 +69,22 @@ def main():
     print(f"| {batch} | " + " | ".join(cells) + " |", flush=True)
   if args.fit:
     total = lambda b: step_gib(config, inputs, mesh, b, {}, total=True)
-    lo, hi = min(args.batches), max(args.batches)
-    slope = (total(hi) - total(lo)) / (hi - lo)
-    base = total(hi) - slope * hi
+    # The step holds [n, n] arrays outside SortedNCE (NT-Xent's logits): a parabola
+    # through three measured batches, then compiled checks around its prediction.
+    xs = sorted(args.batches)[::max(1, (len(args.batches) - 1) // 2)][:3]
+    coef = np.polyfit(xs, [total(b) for b in xs], 2)
     print("\n| budget (GiB) | largest batch (NSH step, 64 bits) | its GiB | next +256 GiB |")
     print("|---|---|---|---|")
     for budget in args.fit:
-      b = max(256, int((budget - base) / slope) // 256 * 256)
-      while total(b) > budget and b > 256:
-        b -= 256
-      while total(b + 256) <= budget:
-        b += 256
+      roots = np.roots(coef - np.array([0, 0, budget]))
+      b = max(256, int(max(r.real for r in roots if abs(r.imag) < 1e-9)) // 256 * 256)
+      for _ in range(8):  # a few compiled steps of 256 towards the boundary
+        if total(b) > budget and b > 256:
+          b -= 256
+        elif total(b + 256) <= budget:
+          b += 256
+        else:
+          break
       print(f"| {budget:g} | {b} | {total(b):.2f} | {total(b + 256):.2f} |", flush=True)
 
 

@@ -41,7 +41,7 @@ def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
                temperature: float | jax.Array = 0.3,
                sort_temperature: Optional[float | jax.Array] = None,
                sorter: str = "softsort") -> jax.Array:
-  r"""SortedNCE (Yu et al., IJCAI 2022), exact, O(n^2 log n) time, O(n^2) memory.
+  r"""SortedNCE (Yu et al., IJCAI 2022), exact, O(n^2 log n) time, O(n (rows + d)) memory.
 
   Anchor ``i`` uses code ``a_i`` and latent ``za_i``; candidates ``j`` use
   ``b_j`` and ``zb_j`` (all ``n`` of them, the anchor's other view included).
@@ -54,8 +54,13 @@ def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
       L = mean_{i, k<=m} -log( e^{c_ik} / (e^{c_ik} + sum_{r>m} e^{c_ir}) )
 
   ``E`` is never formed: ``c_ir = sum_j P_i[r, j] <zb_j, za_i> / temperature``,
-  and ``P_i`` is applied to that row of inner products by
-  :func:`nsh_jax.sorting.soft_sort_apply` without being formed either.
+  and ``P_i`` is applied to that row of inner products without being formed
+  either (the kernel of :func:`nsh_jax.sorting.soft_sort_apply`).  With the
+  default sorter the whole loss is one custom VJP over the codes and latents
+  that handles the anchors in chunks of ``rows`` (64 on CPU): neither ``s`` nor
+  the inner products exist as ``[n, n]`` arrays, the forward keeps only its
+  inputs, and the backward recomputes each chunk (same values and tie-correct
+  gradients as autodiff through ``soft_sort_apply`` + :func:`ranked_nce`).
 
   Args:
     codes_a: ``[n, d]`` relaxed codes of the anchors (e.g. ``tanh`` outputs).

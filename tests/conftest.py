@@ -22,3 +22,15 @@ if _cache:
 from nsh_jax import xla_cpu  # noqa: E402
 
 xla_cpu.apply_defaults()
+
+
+# The files with the longest runs first: pytest-xdist hands out whole files in collection
+# order (--dist loadfile), and a long file dealt last leaves the other worker idle.
+_SLOW_FIRST = ("test_multiprocess.py", "test_reliability.py", "test_sorted_nce.py",
+               "test_feature_cache.py", "test_image_folder.py", "test_train.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = lambda item: (_SLOW_FIRST.index(item.path.name) if item.path.name in _SLOW_FIRST
+                       else len(_SLOW_FIRST))
+  items.sort(key=rank)  # stable: the order inside a file is kept
