@@ -106,6 +106,11 @@ def get_config():
   config.loss.quant_weight = 0.1
   # Bit balance mean_k(mean_i b_ik)^2: keeps codes from collapsing from scratch.
   config.loss.balance_weight = 1.0
+  # The Table 1 baselines' own terms (objectives.py): CIBHash's KL weight, GreedyHash's
+  # cubic penalty weight, BiHalf's gamma -- their authors' defaults.
+  config.loss.kl_weight = 0.001
+  config.loss.cubic_weight = 0.1
+  config.loss.bihalf_gamma = 6.0
   config.loss.distill_weight = 0.0  # NHL cascade distillation (nested runs)
   config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
 
@@ -131,6 +136,11 @@ def get_config():
   config.eval.top_k = 1000  # 0 = the whole database (mAP@all)
   # Also report mAP at these depths (0 = the whole database), e.g. (100, 1000, 5000, 0).
   config.eval.depths = ()
+  # ITQ / LSH on raw pixels (and on frozen features) beside the model, and the plots:
+  # what a user reads; a table that computes its own baselines turns them off.
+  config.eval.baselines = True
+  config.eval.plots = True
+  config.eval.quantizers = ("sign", "itq", "h2q")  # compared by --mode=quantize
 
   config.quantizer = "sign"
   return config

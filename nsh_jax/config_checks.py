@@ -39,6 +39,10 @@ def validate(config, device_count: int = 1) -> None:
     value = _get(config, key)
     if value not in choices:
       raise ConfigError(f"config.{key}={value!r} is not one of {choices}")
+  for name in config.eval.get("quantizers", ()):
+    if name not in householder.QUANTIZERS.names():
+      raise ConfigError(f"config.eval.quantizers has {name!r}, not one of "
+                        f"{householder.QUANTIZERS.names()}")
   bits = config.model.bit_list
   if not isinstance(bits, (tuple, list)) or not all(
       isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bits):
@@ -62,6 +66,7 @@ def validate(config, device_count: int = 1) -> None:
     if not value > 0:
       raise ConfigError(f"config.{key} must be > 0; got {value}")
   for key in ("train.warmup_steps", "train.eval_every", "loss.quant_weight", "loss.balance_weight",
+              "loss.kl_weight", "loss.cubic_weight", "loss.bihalf_gamma",
               "dataset.val_queries_per_class"):
     if _get(config, key) < 0:
       raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")

@@ -191,7 +191,7 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
     if workdir:
       write_codes(workdir, b, qc, dc, splits)
   curves = {}
-  if reference is not None:
+  if reference is not None and config.eval.get("baselines", True):
     curves = baselines(config, reference[0], reference[1], log)
     result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
   if workdir:  # only process 0 is given a workdir to write to
@@ -200,6 +200,8 @@ def evaluate(config, state, splits, mesh, workdir: Optional[str] = None, log=pri
     if config.quantizer != "sign":
       save_quantizers(workdir, quantizers)
     try:
+      if not config.eval.get("plots", True):
+        return result
       from nsh_jax import plots
       plots.write_all(os.path.join(workdir, "plots"), result, q_emb, splits.query_labels,
                       baselines=curves)

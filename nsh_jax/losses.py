@@ -1,7 +1,9 @@
 """Hashing losses as small pure functions: ``(arrays) -> scalar``.
 
 * :func:`sorted_nce` -- NSH's SortedNCE (the public contract, exact and fast).
-* :func:`nt_xent` -- contrastive hashing without sorting (CIBHash-style ablation).
+* :func:`nt_xent` -- contrastive hashing without sorting (CIBHash's contrastive term).
+* :func:`similarity_preservation`, :func:`cubic_penalty`, :func:`bernoulli_kl` -- the
+  unsupervised baselines' terms (GreedyHash, BiHalf, CIBHash; :mod:`nsh_jax.objectives`).
 * :func:`dpsh_loss`, :func:`csq_loss`, :func:`dsh_loss` -- supervised bases for NHL.
 * :func:`quantization_penalty`, :func:`bit_balance_penalty` -- code penalties.
 
@@ -21,6 +23,7 @@ from nsh_jax import sorting
 from nsh_jax.codes import binarize, l2_normalize, sign_ste  # noqa: F401 -- sign_ste public here too
 
 __all__ = ["sorted_nce", "symmetric_sorted_nce", "ranked_nce", "nt_xent", "sign_ste",
+           "similarity_preservation", "cubic_penalty", "bernoulli_kl",
            "quantization_penalty", "bit_balance_penalty", "label_similarity", "dpsh_loss",
            "hadamard_centers", "csq_loss", "dsh_loss"]
 
@@ -269,6 +272,44 @@ def bit_balance_penalty(codes: jax.Array) -> jax.Array:
   batch in half, 1 when all codes are identical +-1 vectors (collapse)."""
   codes = codes.astype(jnp.float32)
   return jnp.mean(jnp.mean(codes, axis=0) ** 2)
+
+
+def similarity_preservation(features: jax.Array, codes: jax.Array) -> jax.Array:
+  """GreedyHash's and BiHalf's unsupervised loss: codes keep the features' cosines.
+
+  The batch ``[n, .]`` is split into halves paired row by row (``i`` with ``i + h``,
+  ``h = floor(n / 2)``; an odd last row is unused), as in both authors' code::
+
+      L = mean_{i < h} (cos(b_i, b_{i+h}) - cos(x_i, x_{i+h}))^2
+
+  ``features`` ``x [n, F]``, ``codes`` ``b [n, d]``.  0 for a batch of one (no pair).
+  """
+  h = codes.shape[0] // 2
+  if h == 0:
+    return jnp.zeros((), jnp.float32)
+
+  def cos(a):
+    a = l2_normalize(a.astype(jnp.float32))
+    return jnp.sum(a[:h] * a[h:2 * h], axis=-1)
+  return jnp.mean((cos(codes) - cos(features)) ** 2)
+
+
+def cubic_penalty(h: jax.Array) -> jax.Array:
+  """GreedyHash's ``mean(| |h| - 1 |^3)`` on the hash layer's pre-sign outputs ``h [n, d]``
+  (its gradient at ``h = 0`` is 0, as in the authors' PyTorch)."""
+  h = h.astype(jnp.float32)
+  # sign(h) * h is |h| with torch.abs's derivative at 0 (0; jnp.abs's is 1).
+  return jnp.mean(jnp.abs(jnp.sign(h) * h - 1.0) ** 3)
+
+
+def bernoulli_kl(p: jax.Array, q: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """``mean_i sum_k KL(Bern(p_ik) || Bern(q_ik))`` for probabilities ``[n, d]``, with
+  CIBHash's ``eps`` inside each log:
+  ``p log((p + eps) / (q + eps)) + (1 - p) log((1 - p + eps) / (1 - q + eps))``."""
+  p, q = p.astype(jnp.float32), q.astype(jnp.float32)
+  kl = (p * (jnp.log(p + eps) - jnp.log(q + eps))
+        + (1 - p) * (jnp.log(1 - p + eps) - jnp.log(1 - q + eps)))
+  return jnp.mean(jnp.sum(kl, axis=-1))
 
 
 def label_similarity(labels_a: jax.Array, labels_b: jax.Array) -> jax.Array:

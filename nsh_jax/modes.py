@@ -223,13 +223,14 @@ def search_mode(config, workdir, options):
 
 @MODES.register("quantize")
 def quantize_mode(config, workdir, options):
-  """Sign vs ITQ vs H2Q on the trained model's continuous outputs, one table row per length."""
+  """Sign vs ITQ vs H2Q (``eval.quantizers``) on the trained model's continuous outputs, one
+  table row per length."""
   del options
   splits, state, mesh, encode, _ = _splits_and_trained(config, workdir)
   tr, qe, de = (evaluation.encode_images(encode, state, x, mesh)
                 for x in (splits.train_images, splits.query_images, splits.db_images))
   top_k = config.eval.top_k or None
-  names = ["sign", "itq", "h2q"]
+  names = list(config.eval.get("quantizers", ("sign", "itq", "h2q")))
   print("| bits | " + " | ".join(f"{n} mAP@{top_k or 'all'}" for n in names) + " |")
   print("|---|" + "---|" * len(names))
   table = {}

@@ -14,19 +14,31 @@ NSH (``'nsh'``)::
 
 (``ramp`` goes 0 -> 1 over ``sorted_warmup_steps``; the instance terms are off
 by default and are what NSH needs from scratch, docs/training.md).
+
+The other unsupervised methods of the NSH paper's Table 1, each as its authors'
+code computes it (their docstrings say where that differs from the paper):
+``'cibhash'``, ``'greedyhash'``, ``'bihalf'``.  They bring their own code terms,
+so :func:`length_loss` adds no ``quant_weight`` / ``balance_weight`` penalty to them.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from nsh_jax import losses
-from nsh_jax.codes import sign_ste
+from nsh_jax.codes import bi_half, sign_ste
 from nsh_jax.registry import Registry
 
 __all__ = ["OBJECTIVES", "length_loss", "sort_temperature", "sorted_term"]
 
 OBJECTIVES = Registry("objective", "loss.name")
+_OWN_CODE_TERMS = set()  # objectives that length_loss adds no code penalties to
+
+
+def _own_code_terms(fn):
+  _OWN_CODE_TERMS.add(fn)
+  return fn
 
 
 def sort_temperature(loss_cfg, step, bits: int):
@@ -86,6 +98,80 @@ def contrastive(cfg, step, out1, out2, labels, bits, centers):
                         cfg.temperature)
 
 
+@OBJECTIVES.register("cibhash")
+@_own_code_terms
+def cibhash(cfg, step, out1, out2, labels, bits, centers):
+  """CIBHash (Qiu et al., IJCAI 2021), as its code (github.com/qiuzx2/CIBHash) computes it::
+
+      p_v = sigmoid(logits_v),   b_v = sgn_ste(p_v - 1/2)          (v = 1, 2)
+      L = NT-Xent(b_1, b_2; loss.temperature)
+          + loss.kl_weight * (KL(p_1 || sg p_2) + KL(p_2 || sg p_1)) / 2
+
+  (:func:`losses.bernoulli_kl`, ``sg`` stop-gradient).  The paper describes stochastic
+  codes and a KL to a prior; the code binarises deterministically at 1/2 and its KL
+  pulls each view's bit probabilities towards the other view's: we follow the code.
+  Its defaults: temperature 0.3, kl_weight 0.001, a Dense(1024)-ReLU hash head.
+  """
+  del step, labels, centers
+  p1, p2 = (jax.nn.sigmoid(o["logits"][:, :bits].astype(jnp.float32)) for o in (out1, out2))
+  kl = 0.5 * (losses.bernoulli_kl(p1, jax.lax.stop_gradient(p2))
+              + losses.bernoulli_kl(p2, jax.lax.stop_gradient(p1)))
+  return losses.nt_xent(sign_ste(p1 - 0.5), sign_ste(p2 - 0.5), cfg.temperature) \
+      + cfg.kl_weight * kl
+
+
+def _target(out):
+  """The features whose cosines the codes keep, as a constant: the authors' backbone is
+  frozen, and a trained one would meet the loss by collapsing its features."""
+  return jax.lax.stop_gradient(out["features"])
+
+
+@OBJECTIVES.register("greedyhash")
+@_own_code_terms
+def greedyhash(cfg, step, out1, out2, labels, bits, centers):
+  """GreedyHash (Su et al., NeurIPS 2018), unsupervised, as its code
+  (github.com/ssppp/GreedyHash, ``unsupervised_vgg.py``) computes it, per view::
+
+      b = sgn_ste(h)     (h = logits: the greedy sign, identity backward)
+      L_v = similarity_preservation(x, b) + loss.cubic_weight * mean(| |h| - 1 |^3)
+
+  ``x`` the backbone features (VGG fc7 there), pairs the batch's two halves
+  (:func:`losses.similarity_preservation`).  The authors train on one unaugmented view;
+  here ``L = (L_1 + L_2) / 2`` over the two views the trainer draws.  Their defaults:
+  cubic_weight 0.1, a linear hash head, SGD lr 1e-4 (ours: the config's optimizer).
+  """
+  del step, labels, centers
+
+  def one(out):
+    h = out["logits"][:, :bits]
+    return (losses.similarity_preservation(_target(out), sign_ste(h))
+            + cfg.cubic_weight * losses.cubic_penalty(h))
+  return 0.5 * (one(out1) + one(out2))
+
+
+@OBJECTIVES.register("bihalf")
+@_own_code_terms
+def bihalf(cfg, step, out1, out2, labels, bits, centers):
+  """BiHalf (Li & van Gemert, AAAI 2021), as its code (github.com/liyunqianggyn/
+  Deep-Unsupervised-Image-Hashing, ``ImageHashing/Cifar10_I.py``) computes it, per view::
+
+      b = bi_half(h; loss.bihalf_gamma)     (h = logits; :func:`codes.bi_half`)
+      L_v = similarity_preservation(x, b)
+
+  and ``L = (L_1 + L_2) / 2`` (the authors: one unaugmented view); each view's layer adds
+  its full ``gamma`` term to the gradient, as the authors' layer does whatever the loss's
+  scale.  A batch of one has no pair: loss and gradient 0 (theirs: NaN).  Their
+  defaults: gamma 6, a linear hash head, SGD lr 1e-4.  Retrieval codes are ``sgn(h)``,
+  as theirs.
+  """
+  del step, labels, centers
+
+  def one(out):
+    h = out["logits"][:, :bits]
+    return losses.similarity_preservation(_target(out), bi_half(h, cfg.bihalf_gamma))
+  return 0.5 * (one(out1) + one(out2))
+
+
 @OBJECTIVES.register("dpsh")
 def dpsh(cfg, step, out1, out2, labels, bits, centers):
   del cfg, step, centers
@@ -110,7 +196,10 @@ def dsh(cfg, step, out1, out2, labels, bits, centers):
 def length_loss(config, step, out1, out2, labels, bits: int, centers=None):
   """``(L_b, objective)`` for code length ``bits`` (see the module docstring)."""
   cfg = config.loss
-  main = OBJECTIVES.get(cfg.name)(cfg, step, out1, out2, labels, bits, centers)
+  objective = OBJECTIVES.get(cfg.name)
+  main = objective(cfg, step, out1, out2, labels, bits, centers)
+  if objective in _OWN_CODE_TERMS:
+    return main, main
   c1, c2 = out1["codes"][:, :bits], out2["codes"][:, :bits]
   quant = 0.5 * (losses.quantization_penalty(c1) + losses.quantization_penalty(c2))
   balance = 0.5 * (losses.bit_balance_penalty(c1) + losses.bit_balance_penalty(c2))

@@ -47,7 +47,8 @@ def _p_at_n(r):
 def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_labels,
               baselines: Optional[dict] = None) -> list:
   """Writes ``pr_curve.png``, ``precision_at_n.png`` (the model beside ``baselines``,
-  ``{name: {bits: metrics.evaluate_codes(...)}}``) and ``tsne.png``; returns their paths."""
+  ``{name: {bits: metrics.evaluate_codes(...)}}``) and ``tsne.png`` (not for collapsed
+  codes: one distinct code); returns their paths."""
   plt = _pyplot()
   os.makedirs(plot_dir, exist_ok=True)
   baselines = baselines or {}
@@ -58,10 +59,12 @@ def write_all(plot_dir: str, result: dict, query_embeddings: np.ndarray, query_l
               "N (top retrieved)", result, baselines, _p_at_n, xscale="log")]
 
   labels = np.asarray(query_labels)
-  if labels.ndim == 1 and query_embeddings.shape[0] >= 10:
+  n = min(1000, query_embeddings.shape[0])
+  codes = binarize(query_embeddings[:n], np.float32)
+  # Collapsed codes (all equal) have no variance: t-SNE's PCA start divides by it
+  # and the fit crashes the process.  Nothing to draw, so no plot.
+  if labels.ndim == 1 and n >= 10 and len(np.unique(codes, axis=0)) > 1:
     from sklearn.manifold import TSNE
-    n = min(1000, query_embeddings.shape[0])
-    codes = binarize(query_embeddings[:n], np.float32)
     xy = TSNE(2, init="pca", perplexity=min(30, n // 4), random_state=0).fit_transform(codes)
     fig, ax = plt.subplots(figsize=(5, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:n], cmap="tab10", s=6)

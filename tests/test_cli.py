@@ -141,6 +141,31 @@ def test_quantize_mode_reproduces_the_run_and_compares_quantizers(trained):
   assert 0 < table["h2q"] <= 1 and "| 16 |" in res.stdout
 
 
+def test_evaluation_without_baselines_plots_or_h2q(trained, tmp_path):
+  """What a table that computes its own baselines asks for: none per run, no plots, and
+  --mode=quantize with only the quantizers named; the model's numbers unchanged."""
+  import shutil
+  workdir, args = trained
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("plots", "quantize.json"))
+  off = [a for a in args if not a.startswith("--workdir")] + [
+      f"--workdir={copy}", "--config.eval.baselines=False", "--config.eval.plots=False",
+      "--config.eval.quantizers=('sign','itq')"]
+  res = run_main(off + ["--mode=evaluate"])
+  assert res.returncode == 0, res.stderr[-2000:]
+  m = json.load(open(os.path.join(copy, "metrics.json")))
+  assert "baselines" not in m and "itq-pixels" not in res.stdout
+  assert not os.path.exists(os.path.join(copy, "plots"))
+  full = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert m["by_bits"]["16"]["map"] == full["by_bits"]["16"]["map"]
+  res = run_main(off + ["--mode=quantize"])
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert set(json.load(open(os.path.join(copy, "quantize.json")))["16"]) == {"sign", "itq"}
+  res = run_main(off + ["--mode=quantize", "--config.eval.quantizers=('sign','pq')"])
+  assert res.returncode == 2 and res.stderr.strip() == (
+      "error: config.eval.quantizers has 'pq', not one of ('sign', 'h2q', 'itq', 'lsh')")
+
+
 def test_retrieval_plot_is_written(trained):
   from PIL import Image
   workdir, _ = trained

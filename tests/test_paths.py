@@ -1,5 +1,7 @@
 """Paths no test used to run (issue #31), each against an independent reference or a known answer."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -248,3 +250,23 @@ def test_multi_length_codes_are_prefixes_and_each_length_has_a_loss():
   assert [float(m[f"weight_{b}bit"]) for b in (8, 16, 32)] == [1.0, 1.0, 1.0]
   outs = new.apply_fn({"params": new.params}, x.astype(np.float32) / 255)
   assert outs["codes"].shape[1] == 32  # one head; shorter codes are its first bits
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_plots_are_written_and_collapsed_codes_do_not_crash(tmp_path, collapsed):
+  """A run whose codes collapsed (one distinct code) still writes its curves; t-SNE, which
+  has nothing to spread, is skipped (before: PCA divided by zero variance and the fit
+  crashed the process at the end of training)."""
+  from nsh_jax import plots
+  rng = np.random.default_rng(0)
+  labels = np.arange(40) % 4
+  emb = np.ones((40, 16)) if collapsed else rng.normal(size=(40, 16))
+  result = {"by_bits": {16: metrics.evaluate_codes(emb, emb, labels, labels, top_k=10)}}
+  paths = plots.write_all(str(tmp_path), result, emb, labels)
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == (["pr_curve.png", "precision_at_n.png"] if collapsed else
+                   ["pr_curve.png", "precision_at_n.png", "tsne.png"])
+  assert all(os.path.getsize(p) > 1000 for p in paths)
