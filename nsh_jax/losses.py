@@ -307,8 +307,11 @@ def bernoulli_kl(p: jax.Array, q: jax.Array, eps: float = 1e-8) -> jax.Array:
   CIBHash's ``eps`` inside each log:
   ``p log((p + eps) / (q + eps)) + (1 - p) log((1 - p + eps) / (1 - q + eps))``."""
   p, q = p.astype(jnp.float32), q.astype(jnp.float32)
+  # max(1 - p, 0): the same number, but XLA cannot re-associate (1 - p) + eps into
+  # (1 + eps) - p, which is 1 - p in float32 -- log(0) at a saturated bit, NaN gradients.
+  p_, q_ = jnp.maximum(1 - p, 0.0), jnp.maximum(1 - q, 0.0)
   kl = (p * (jnp.log(p + eps) - jnp.log(q + eps))
-        + (1 - p) * (jnp.log(1 - p + eps) - jnp.log(1 - q + eps)))
+        + p_ * (jnp.log(p_ + eps) - jnp.log(q_ + eps)))
   return jnp.mean(jnp.sum(kl, axis=-1))
 
 

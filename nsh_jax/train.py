@@ -231,11 +231,12 @@ def _summary(run: _Run, result: dict) -> None:
   rows = [(f"model ({run.config.loss.name})", {b: result["by_bits"][b]["map"] for b in lengths})]
   if "validation" in result:  # what model selection reads
     rows.append(("model on validation", {b: result["validation"][b]["map"] for b in lengths}))
-  rows += list(result["baselines"].items())
+  rows += list(result.get("baselines", {}).items())  # none with eval.baselines off
   rows.append(("model P@H<=2", {b: result["by_bits"][b]["p_at_h2"] for b in lengths}))
   for name, values in rows:
     run.log(name.ljust(23) + "".join(f"{values[b]:9.4f}" for b in lengths))
-  run.log(f"plots in {os.path.join(run.workdir, 'plots')}, codes (.npz and .faiss) in "
+  plots = f"plots in {os.path.join(run.workdir, 'plots')}, " if run.config.eval.plots else ""
+  run.log(f"{plots}codes (.npz and .faiss) in "
           f"{os.path.join(run.workdir, 'codes')}, all numbers in "
           f"{os.path.join(run.workdir, 'metrics.json')}")
 
