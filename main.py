@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only reads data here: no start-up line
 from nsh_jax import malloc, xla_cpu  # noqa: E402
 
-malloc.tune()  # no per-step page faults in XLA:CPU (nsh_jax/malloc.py)
+malloc.tune()  # faster XLA:CPU steps, bounded heap (nsh_jax/malloc.py)
 xla_cpu.apply_defaults()  # YNNPACK fusions off on XLA:CPU (nsh_jax/xla_cpu.py)
 
 from absl import app, flags  # noqa: E402

@@ -139,6 +139,10 @@ def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
 _CHUNK_ELEMENTS = {"cpu": 1 << 15}
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 _MIN_ROWS = 64
+# Up to this n the forward keeps each chunk's sort order (int16, n^2 / 2 float32-equivalents
+# per call: 32 MiB at 4,096) and the backward does not sort again (~1/5 of the time);
+# above it the backward recomputes the order, so a step's six calls hold nothing n^2.
+_SAVE_ORDER_MAX_N = 4096
 
 
 def _chunking(n: int):
@@ -149,15 +153,16 @@ def _chunking(n: int):
   return chunks, -(-n // chunks)
 
 
-def _chunk_forward(ca, za, cb, zb, tau_s, temperature, m):
+def _chunk_forward(ca, za, cb, zb, tau_s, temperature, m, order=None):
   """One chunk of anchors ``ca [c, d]``, ``za [c, dz]`` against every candidate.
 
   Returns the per-anchor losses ``[c]`` and what the backward reuses: the sort order,
   the soft-sort residuals and the ranked logits, each ``[n, c]`` (rank or candidate
-  first)."""
+  first).  ``order``: the chunk's sort order if the forward kept it (else sorted here)."""
   sim = sorting.hamming_similarity(cb, ca)  # [n, c]: s_ij at [j, i]
   dots = jnp.einsum("jd,id->ji", zb, za, precision=_HI)  # <za_i, zb_j> at [j, i]
-  order = sorting._argsort_desc(sim, axis=0)
+  order = (sorting._argsort_desc(sim, axis=0) if order is None
+           else order.astype(jnp.int32))
   x = jnp.take_along_axis(sim, order, axis=0)
   v = jnp.take_along_axis(dots, order, axis=0)
   out, residuals = sorting._sorted_apply_fwd(x, v, tau_s)
@@ -185,20 +190,22 @@ def _fused_fwd(codes_a, codes_b, latents_a, latents_b, tau_s, temperature, m):
   n = ca.shape[0]
   chunks, rows = _chunking(n)
   valid = _padded_chunks(jnp.ones((n, 1), jnp.float32), chunks, rows)[..., 0]
+  keep_order = n <= _SAVE_ORDER_MAX_N
 
   def body(total, xs):
     ca_c, za_c, valid_c = xs
-    per_anchor, _ = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m)
-    return total + jnp.sum(per_anchor * valid_c), None
+    per_anchor, (order, _, _) = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m)
+    return total + jnp.sum(per_anchor * valid_c), (order.astype(jnp.int16) if keep_order
+                                                   else None)
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
-                          (_padded_chunks(ca, chunks, rows), _padded_chunks(za, chunks, rows),
-                           valid))
-  return total / (n * m), (codes_a, codes_b, latents_a, latents_b, tau_s, temperature)
+  total, orders = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                               (_padded_chunks(ca, chunks, rows),
+                                _padded_chunks(za, chunks, rows), valid))
+  return total / (n * m), (codes_a, codes_b, latents_a, latents_b, tau_s, temperature, orders)
 
 
 def _fused_bwd(m, residuals, g):
-  codes_a, codes_b, latents_a, latents_b, tau_s, temperature = residuals
+  codes_a, codes_b, latents_a, latents_b, tau_s, temperature, orders = residuals
   ca, cb, za, zb = _as_f32(codes_a, codes_b, latents_a, latents_b)
   n, d = ca.shape
   chunks, rows = _chunking(n)
@@ -207,8 +214,9 @@ def _fused_bwd(m, residuals, g):
 
   def body(carry, xs):
     d_cb, d_zb, d_tau_s, d_temp = carry
-    ca_c, za_c, w = xs
-    _, (order, res, logits) = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m)
+    ca_c, za_c, w, order_c = xs
+    _, (order, res, logits) = _chunk_forward(ca_c, za_c, cb, zb, tau_s, temperature, m,
+                                             order_c)
     g_logits = jax.vjp(lambda l: _ranked_nce_by_rank(l, m), logits)[1](w)[0]
     d_temp = d_temp - jnp.sum(g_logits * logits) / temperature  # logits = out / T
     d_x, d_v, d_tau = sorting._sorted_apply_bwd(res, g_logits / temperature)
@@ -223,7 +231,8 @@ def _fused_bwd(m, residuals, g):
   init = (jnp.zeros_like(cb), jnp.zeros_like(zb), jnp.zeros((), jnp.float32),
           jnp.zeros((), jnp.float32))
   (d_cb, d_zb, d_tau_s, d_temp), (d_ca, d_za) = jax.lax.scan(
-      body, init, (_padded_chunks(ca, chunks, rows), _padded_chunks(za, chunks, rows), weight))
+      body, init, (_padded_chunks(ca, chunks, rows), _padded_chunks(za, chunks, rows), weight,
+                   orders))
   like = lambda grad, x: grad.astype(jnp.result_type(x))
   return (like(d_ca.reshape(-1, d)[:n], codes_a), like(d_cb, codes_b),
           like(d_za.reshape(-1, za.shape[1])[:n], latents_a), like(d_zb, latents_b),

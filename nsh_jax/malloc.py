@@ -1,26 +1,26 @@
-"""glibc malloc settings that stop XLA:CPU's per-step page faults (used by ``main.py``).
+"""glibc malloc settings for ``main.py``: faster XLA:CPU steps, and a heap that cannot outgrow
+the machine.
 
-XLA:CPU allocates each execution's buffers afresh.  glibc serves blocks above
-its mmap threshold (at most 32 MiB) with ``mmap`` and unmaps them on ``free``,
-so every train step maps new pages and the kernel zeroes them on first touch:
-tens of thousands of minor page faults per small-CNN step
-(``benchmarks/train_step.py`` counts them; BENCHMARKS.md).  :func:`tune` makes glibc keep
-freed memory instead:
+XLA:CPU allocates each execution's buffers afresh; with glibc's defaults freed heap memory
+above the trim threshold goes back to the kernel, blocks above the (dynamic, at most
+32 MiB) mmap threshold are ``mmap``-ed and unmapped on ``free``, and XLA's threads get
+arenas of their own.  :func:`tune`:
 
-* ``M_MMAP_MAX = 0`` -- no ``mmap`` for large blocks; they come from the heap;
-* ``M_TRIM_THRESHOLD`` at its maximum -- freed heap memory is not returned;
-* ``M_ARENA_MAX = 1`` -- threads created afterwards (XLA's) share the main
-  arena, whose heap can grow past the 64 MiB limit of per-thread arenas.
+* ``M_MMAP_THRESHOLD = 32 MiB`` (glibc's largest) -- blocks up to 32 MiB come from the
+  heap and are reused step after step; larger ones are still ``mmap``-ed and returned on
+  ``free``, so a step whose buffers reach gigabytes cannot leave freed holes resident in
+  the heap;
+* ``M_TRIM_THRESHOLD`` at its maximum -- freed heap memory is kept for the next step;
+* ``M_ARENA_MAX = 1`` -- threads created afterwards (XLA's) share the main arena.
 
-After it a step faults no pages and runs faster
-(``benchmarks/train_step.py --malloc both``, BENCHMARKS.md).  The price: the process keeps
-its peak heap size until it exits, and where one step's buffers reach gigabytes
-(SortedNCE at batch 2048 on frozen features) the one heap fragments and grows
-step after step until the kernel kills the process, where glibc's defaults stay
-near the step's own peak (docs/pretrained.md): set ``NSH_JAX_KEEP_MALLOC=1`` there.  The settings are process-wide, so the
-library never applies them on import; ``main.py`` calls :func:`tune` first
-thing, and other programs may call it themselves before JAX starts.
-``NSH_JAX_KEEP_MALLOC=1`` leaves malloc alone.  Does nothing outside glibc.
+``heap_only=True`` is the earlier setting (``M_MMAP_MAX = 0``: every block from the heap,
+so not even XLA's per-execution temp buffer faults), kept for comparison in
+``benchmarks/malloc_settings.py``: at batch 2,048 with SortedNCE's old kernel its one heap
+grew past 18 GiB in 24 steps where glibc's defaults stayed at 8.8 GiB (docs/pretrained.md).
+The measured speeds and page faults of the three are in BENCHMARKS.md ("malloc settings").
+The settings are process-wide, so the library never applies them on import; ``main.py``
+calls :func:`tune` first thing, and other programs may call it themselves before JAX
+starts.  ``NSH_JAX_KEEP_MALLOC=1`` leaves malloc alone.  Does nothing outside glibc.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import os
 
 OPT_OUT_ENV = "NSH_JAX_KEEP_MALLOC"
 # mallopt parameters (glibc <malloc.h>).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
 _INT_MAX = 2 ** 31 - 1
+MMAP_THRESHOLD = 32 << 20  # glibc's upper limit on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 
 
 def _glibc():
@@ -45,7 +46,7 @@ def _glibc():
     return None
 
 
-def tune() -> bool:
+def tune(heap_only: bool = False) -> bool:
   """Applies the settings above; returns whether all three took effect.
 
   False (and nothing changed) outside glibc or with ``NSH_JAX_KEEP_MALLOC=1``.
@@ -57,6 +58,7 @@ def tune() -> bool:
   libc = _glibc()
   if libc is None:
     return False
-  ok = [libc.mallopt(M_MMAP_MAX, 0), libc.mallopt(M_TRIM_THRESHOLD, _INT_MAX),
-        libc.mallopt(M_ARENA_MAX, 1)]
+  large = (libc.mallopt(M_MMAP_MAX, 0) if heap_only
+           else libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+  ok = [large, libc.mallopt(M_TRIM_THRESHOLD, _INT_MAX), libc.mallopt(M_ARENA_MAX, 1)]
   return all(r == 1 for r in ok)

@@ -354,15 +354,19 @@ def _composed_sorted_nce(a, b, za, zb, m, temperature, sort_temperature):
   return losses.ranked_nce(sorting.soft_sort_apply(sim, dots, sort_temperature) / temperature, m)
 
 
-# chunks of 1 row, padded chunks of 7, one chunk
-@pytest.mark.parametrize("rows,ties", [(1, True), (7, False), (7, True), (64, False)])
-def test_fused_kernel_equals_the_composed_form(monkeypatch, rows, ties):
+# chunks of 1 row, padded chunks of 7, one chunk; the backward with the forward's sort
+# order (n <= _SAVE_ORDER_MAX_N) and sorting again (larger n)
+@pytest.mark.parametrize("rows,ties,keep_order", [(1, True, True), (7, False, True),
+                                                  (7, True, False), (64, False, True),
+                                                  (64, True, False)])
+def test_fused_kernel_equals_the_composed_form(monkeypatch, rows, ties, keep_order):
   """Values and gradients (codes, latents, both temperatures) of the chunked custom VJP
   against autodiff through soft_sort_apply + ranked_nce, on random and +-1 codes, and
   permutation-equivariant."""
   n, m = 33, 3
   monkeypatch.setitem(losses._CHUNK_ELEMENTS, jax.default_backend(), rows * n)
   monkeypatch.setattr(losses, "_MIN_ROWS", 1)
+  monkeypatch.setattr(losses, "_SAVE_ORDER_MAX_N", n if keep_order else n - 1)
   assert losses._chunking(n)[1] == min(rows, n)
   a, b, za, zb = (jnp.asarray(x, jnp.float32)
                   for x in random_problem(np.random.default_rng(rows), n, 8, 5, ties))
