@@ -8,12 +8,19 @@ from conftest import ROOT
 
 
 def without_compile_cache(env: dict) -> dict:
-  """``env`` without JAX's persistent compilation cache: for tests whose SIGKILLs are
-  timed against a run's progress (a cache hit would move them)."""
+  """``env`` without JAX's persistent compilation cache: for multi-process runs, whose
+  processes must reach their first collective together (gloo waits 30 s for a peer): a
+  cache hit on one process and a miss on another put them tens of seconds apart."""
   env = dict(env)
   for k in ("JAX_COMPILATION_CACHE_DIR", "NSH_JAX_TEST_COMPILE_CACHE"):
     env.pop(k, None)
   return env
+
+
+def read_only_compile_cache(env: dict) -> dict:
+  """``env`` whose runs read the suite's compilation cache (if any) but never write to it:
+  for a run that a test SIGKILLs, so that no kill lands in a cache write."""
+  return dict(env, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1e9")
 
 
 def run_main(args, env_extra=None, timeout=600):
@@ -23,9 +30,13 @@ def run_main(args, env_extra=None, timeout=600):
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# No per-run pixel baselines or plots (~11 s of a ~27 s run): the tests of those turn them
+# back on with EVAL_EXTRAS.
 TINY = ["--config=configs/default.py", "--config.train.batch_size=16",
         "--config.train.log_every=2", "--config.train.checkpoint_every=2",
-        "--config.model.bit_list=(16,)", "--config.model.latent_dim=16", "--config.eval.top_k=100"]
+        "--config.model.bit_list=(16,)", "--config.model.latent_dim=16", "--config.eval.top_k=100",
+        "--config.eval.baselines=False", "--config.eval.plots=False"]
+EVAL_EXTRAS = ["--config.eval.baselines=True", "--config.eval.plots=True"]
 
 
 def checkpoint_params(workdir, step):
@@ -50,4 +61,5 @@ def tiny_config(steps: int = 4):
   c = default.get_config()
   c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 16, 2, 2
   c.model.bit_list, c.model.latent_dim, c.eval.top_k, c.train.steps = (16,), 16, 100, steps
+  c.eval.baselines = c.eval.plots = False
   return c

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from helpers import TINY, run_main
+from helpers import EVAL_EXTRAS, TINY, run_main
 from nsh_jax import codes, losses, objectives
 
 
@@ -243,12 +243,11 @@ def test_baselines_bring_their_own_code_terms():
 @pytest.mark.parametrize("name", ["cibhash", "greedyhash", "bihalf"])
 def test_each_baseline_trains_through_main(tmp_path, name):
   wd = str(tmp_path / name)
-  # One of them the way benchmarks/pretrained_table.py runs every row: no per-run baselines
-  # or plots (the closing table then has the model's rows alone).
-  off = (["--config.eval.baselines=False", "--config.eval.plots=False"] if name == "bihalf"
-         else [])
+  # Two of them the way benchmarks/pretrained_table.py runs every row (TINY's default): no
+  # per-run baselines or plots (the closing table then has the model's rows alone).
+  off = name != "cibhash"
   r = run_main(TINY + [f"--workdir={wd}", "--config.train.steps=4", f"--config.loss.name={name}"]
-               + off)
+               + ([] if off else EVAL_EXTRAS))
   assert r.returncode == 0, r.stderr[-2000:]
   m = json.load(open(os.path.join(wd, "metrics.json")))
   assert m["config"]["loss"]["name"] == name

@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TINY, run_main, tiny_config
+from helpers import EVAL_EXTRAS, TINY, run_main, tiny_config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cli") / "run")
   args = TINY + ["--config.train.steps=4", f"--workdir={workdir}"]
-  res = run_main(args)
+  res = run_main(args + EVAL_EXTRAS)  # the plots test_retrieval_plot_is_written reads
   assert res.returncode == 0, res.stderr[-2000:]
   return workdir, args
 
@@ -34,7 +34,7 @@ def test_evaluate_writes_metrics_and_plots(trained):
   json.dump({**trained_metrics, "by_bits": {}}, open(path, "w"))  # must be written again
   if os.path.exists(os.path.join(workdir, "plots/pr_curve.png")):
     os.remove(os.path.join(workdir, "plots/pr_curve.png"))
-  res = run_main(args + ["--mode=evaluate"])
+  res = run_main(args + EVAL_EXTRAS + ["--mode=evaluate"])
   assert res.returncode == 0, res.stderr[-2000:]
   assert "restored checkpoint 4" in res.stdout and "mAP@100 16-bit:" in res.stdout
   m = json.load(open(path))

@@ -18,8 +18,10 @@ from conftest import ROOT
 from helpers import TINY, checkpoint_params, without_compile_cache
 
 STEPS = 12
+# Baselines on: their multi-process evaluation is compared with one process's.
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
-               "--config.model.latent_dim=8", "--config.train.checkpoint_every=2"]
+               "--config.model.latent_dim=8", "--config.train.checkpoint_every=2",
+               "--config.eval.baselines=True"]
 
 
 def _port() -> int:
@@ -28,12 +30,12 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict:
+def _env(processes: int) -> dict:
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  return without_compile_cache(dict(
-      os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
-      XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])))
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={8 // processes}"]))
+  return env if processes == 1 else without_compile_cache(env)
 
 
 def _start(workdir, processes: int, port=None):
@@ -44,7 +46,7 @@ def _start(workdir, processes: int, port=None):
               f"--process_id={i}", "--heartbeat_timeout=10"] if processes > 1 else [])
     procs.append(subprocess.Popen(
         [sys.executable, "main.py"] + ARGS + [f"--workdir={workdir}"] + extra, cwd=ROOT,
-        env=_env(8 // processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env=_env(processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   return procs
 
 

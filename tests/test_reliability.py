@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from helpers import TINY, checkpoint_params, run_main, without_compile_cache
+from helpers import TINY, checkpoint_params, read_only_compile_cache, run_main
 
 STEPS = 12
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
@@ -24,7 +24,7 @@ def _final_params(workdir, step=STEPS):
 
 
 def _start(args):
-  env = without_compile_cache(dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+  env = read_only_compile_cache(dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
   return subprocess.Popen([sys.executable, "main.py"] + args, cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -58,6 +58,8 @@ def _kill_after(proc, ckpt_dir, min_ckpt, delay):
 def test_random_sigkills_resume_to_identical_params(tmp_path):
   """5+ SIGKILLs (one inside a checkpoint write) then a clean finish == one uninterrupted run."""
   ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
+  # The reference run fills the suite's compilation cache (if any) with every program;
+  # the killed runs only read it (tests/helpers.py: read_only_compile_cache).
   res = run_main(ARGS + [f"--workdir={ref_dir}", "--config.eval.top_k=10"])
   assert res.returncode == 0, res.stderr[-2000:]
 
@@ -67,7 +69,7 @@ def test_random_sigkills_resume_to_identical_params(tmp_path):
   during_write = _kill_during_checkpoint_write(_start(args), ckpt)
   kills = 1
   # Random moments: a random delay after a random checkpoint has appeared,
-  # so kills land in compilation, in steps, in saves and in between.
+  # so kills land in steps, in saves, in evaluation and in between.
   for target in (2, 4, 6, 8):
     _kill_after(_start(args), ckpt, target, float(rng.uniform(0.0, 1.5)))
     kills += 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED_NPZ
-from helpers import TINY, run_main, without_compile_cache
+from helpers import TINY, read_only_compile_cache, run_main
 
 STEP_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
@@ -60,7 +60,7 @@ def test_eight_devices_match_one(tmp_path):
 def test_short_run_learns_and_resumes_after_kill(tmp_path):
   workdir = str(tmp_path / "run")
   args = TINY + ["--config.train.steps=16", f"--workdir={workdir}"]
-  env = without_compile_cache(dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+  env = read_only_compile_cache(dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
   proc = subprocess.Popen([sys.executable, "main.py"] + args, cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   ckpt = os.path.join(workdir, "checkpoints")
