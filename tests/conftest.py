@@ -24,10 +24,19 @@ from nsh_jax import xla_cpu  # noqa: E402
 xla_cpu.apply_defaults()
 
 
-# The files with the longest runs first: pytest-xdist hands out whole files in collection
-# order (--dist loadfile), and a long file dealt last leaves the other worker idle.
-_SLOW_FIRST = ("test_multiprocess.py", "test_reliability.py", "test_sorted_nce.py",
-               "test_feature_cache.py", "test_image_folder.py", "test_train.py", "test_cli.py")
+# The files with the longest runs first (by --durations in CI): pytest-xdist hands out whole
+# files in collection order (--dist loadfile), and a long file dealt last leaves the other
+# worker idle.
+_SLOW_FIRST = ("test_multiprocess.py", "test_reliability.py", "test_cli.py", "test_train.py",
+               "test_image_folder.py", "test_sorted_nce.py", "test_baselines.py",
+               "test_feature_cache.py", "test_efficientnet.py", "test_models.py")
+
+
+def pytest_configure(config):
+  # pytest-xdist >= 3.6 deals the files with the most tests first unless told not to, which
+  # put the two long multi-process tests last, on one worker, while the other sat idle.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):

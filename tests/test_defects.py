@@ -109,8 +109,8 @@ def test_dominance_weights_use_the_hash_kernel_gradient(hidden):
   c.loss.instance_weight = 1.0
   model = state_lib.create_model(c)
   x = jax.random.uniform(jax.random.PRNGKey(1), (16, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  outs = model.apply(variables, x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  outs = jax.jit(model.apply)(variables, x)  # jitted: op by op, each small op compiles alone
   labels = jnp.arange(8) % 3
   step = jnp.int32(5)
 
@@ -121,8 +121,9 @@ def test_dominance_weights_use_the_hash_kernel_gradient(hidden):
     return step_lib.length_term(c, step, o, labels, None, k)[0]
 
   kernel = variables["params"]["hash"]["kernel"]
-  want = [jax.grad(loss_of_kernel)(kernel, k) for k in range(2)]
-  got = step_lib.head_kernel_gradients(c, step, outs, labels, None)
+  grad = jax.jit(jax.grad(loss_of_kernel), static_argnums=1)
+  want = [grad(kernel, k) for k in range(2)]
+  got = jax.jit(lambda o: step_lib.head_kernel_gradients(c, step, o, labels, None))(outs)
   for g, w in zip(got, want):
     assert g.shape == kernel.shape
     np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6)
