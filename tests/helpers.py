@@ -8,9 +8,9 @@ from conftest import ROOT
 
 
 def without_compile_cache(env: dict) -> dict:
-  """``env`` without JAX's persistent compilation cache: for multi-process runs, whose
-  processes must reach their first collective together (gloo waits 30 s for a peer): a
-  cache hit on one process and a miss on another put them tens of seconds apart."""
+  """``env`` without JAX's persistent compilation cache: for multi-process runs. With the
+  cache warm, a 2-process run failed at start-up (gloo gave up after waiting 30 s for its
+  peer; JAX writes the cache from process 0 only, so the processes start unevenly)."""
   env = dict(env)
   for k in ("JAX_COMPILATION_CACHE_DIR", "NSH_JAX_TEST_COMPILE_CACHE"):
     env.pop(k, None)
