@@ -13,7 +13,7 @@ median of the per-round ratios to NSH's rate.  Compilation is left out (timed on
 """
 
 import argparse
-import importlib.util
+import ast
 import os
 import sys
 import time
@@ -29,25 +29,21 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from benchmarks.pretrained_table import METHODS  # noqa: E402
+from benchmarks.pretrained_table import METHODS, load_config  # noqa: E402
 from nsh_jax import input_pipeline, state as state_lib, step as step_lib, train  # noqa: E402
 
 
 def _config(base, method: str, batch: int, head: int):
   c = base.copy_and_resolve_references()
   c.train.batch_size, c.model.head_hidden = batch, head
-  for flag in METHODS[method]:  # "--config.loss.name=cibhash"
+  for flag in METHODS[method]:  # "--config.loss.name=cibhash", "--config.loss.sorted_weight=0"
     key, value = flag[len("--config."):].split("=", 1)
-    section, name = key.split(".")
-    c[section][name] = type(c[section][name])(float(value) if value[0].isdigit() else value)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a bare string
+    c.update_from_flattened_dict({key: value})
   return c
-
-
-def _load(path: str):
-  spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def main():
@@ -59,7 +55,7 @@ def main():
   p.add_argument("--rounds", type=int, default=5)
   args = p.parse_args()
   os.chdir(ROOT)
-  base = _load(args.config)
+  base = load_config(args.config)
   inputs = train.model_inputs(base, input_pipeline.load(base), log=lambda *a: None)
   mesh = state_lib.make_mesh()
   data = NamedSharding(mesh, P("data"))
@@ -83,10 +79,9 @@ def main():
     def run(steps, compiled=compiled, box=box):
       for i in range(steps):
         box[0], m = compiled(box[0], *batches[i % len(batches)])
-      jax.block_until_ready(m)
-      assert np.isfinite(float(m["loss"])), "non-finite loss"
+      return jax.block_until_ready(m)
 
-    run(2)  # warm-up
+    assert np.isfinite(float(run(2)["loss"])), f"{method}: non-finite loss"  # warm-up
     runners[method] = run
 
   rates = {m: [] for m in METHODS}

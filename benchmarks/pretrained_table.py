@@ -141,18 +141,23 @@ def _profile(r):
   return dict({d: r["map_at"][d] for d in DEPTHS}, p_at_h2=r["p_at_h2"])
 
 
+def load_config(path: str):
+  """The config of a config file (``configs/cifar.py``), as ``main.py --config=`` reads it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
 def posthoc(args, seeds):
   """ITQ / H2Q / LSH on each seed's clean frozen features (its own split):
   ``(mAP@1000 rows, depth-profile rows)``."""
-  import importlib.util
   from nsh_jax import feature_cache, householder, input_pipeline, metrics, train
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, args.config))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
   rows = {f"{n} on features": [] for n in ("itq", "h2q", "lsh")}
   profiles = {name: [] for name in rows}
   for s in seeds:
-    c = mod.get_config()
+    c = load_config(args.config)
     c.seed, c.dataset.split_seed = s, s
     splits = input_pipeline.load(c)
     variables, digest = train.backbone_variables(c)
