@@ -1,0 +1,87 @@
+"""Per-seed rows and the ordering check of a finished ``pretrained_table.py`` work dir (#28).
+
+  python benchmarks/table_ordering.py --workdir /work/table/runs/paper_table --commit b063b27 \
+      --order greedyhash bihalf cibhash nsh
+
+Reads only finished runs (``metrics.json`` + ``quantize.json``) recorded at ``--commit``, clean.
+The setting a method kept is the one it was run with on more than one seed (the table runs
+every other trial on the selection seed alone).  For each method and length it prints the
+per-seed mAP@1000 (sign codes, and ITQ on its layer); then for each adjacent pair of
+``--order`` (A before B, the paper's claim A < B) the paired per-seed differences B - A and
+the verdict: **holds** when every paired difference is positive and the mean difference
+exceeds the larger of the two sample standard deviations (ddof = 1): "outside the seed
+spread".  Nothing is trained or evaluated here.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+
+BITS = ("16", "32", "64")
+
+
+def kept_runs(workdir: str, commit: str) -> dict:
+  """``{method: {seed: (metrics, quantize)}}`` of each method's kept setting."""
+  by_setting = collections.defaultdict(dict)
+  for path in glob.glob(os.path.join(workdir, "*", "metrics.json")):
+    run = os.path.dirname(path)
+    if not os.path.exists(os.path.join(run, "quantize.json")):
+      continue
+    m = json.load(open(path))
+    v = m.get("code_version", {})
+    if not v.get("commit", "").startswith(commit) or v.get("dirty"):
+      continue
+    method = os.path.basename(run).rsplit("-", 1)[0]
+    c = json.loads(json.dumps(m["config"]))
+    seed = c.pop("seed")
+    c["dataset"].pop("split_seed")
+    key = (method, json.dumps(c, sort_keys=True))
+    by_setting[key][seed] = (m, json.load(open(os.path.join(run, "quantize.json"))))
+  kept = {}
+  for (method, _), seeds in by_setting.items():
+    if len(seeds) > 1:
+      if method in kept:
+        raise SystemExit(f"error: {method} has two settings run on several seeds")
+      kept[method] = dict(sorted(seeds.items()))
+  return kept
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--commit", required=True)
+  p.add_argument("--order", nargs="+", default=["greedyhash", "bihalf", "cibhash", "nsh"])
+  args = p.parse_args()
+  kept = kept_runs(args.workdir, args.commit)
+  if not kept:
+    raise SystemExit(f"error: no finished multi-seed runs at {args.commit} in {args.workdir}")
+  sign = {meth: {b: np.array([m["by_bits"][b]["map"] for m, _ in s.values()]) for b in BITS}
+          for meth, s in kept.items()}
+  print("mAP@1000, test queries, per seed (sign codes | ITQ on the learned layer)")
+  for meth, s in kept.items():
+    for b in BITS:
+      itq = [q[b]["itq"] for _, q in s.values()]
+      print(f"  {meth:12s} {b} bits seeds {list(s)}: "
+            + " ".join(f"{x:.4f}" for x in sign[meth][b]) + " | "
+            + " ".join(f"{x:.4f}" for x in itq))
+  print("ordering (paired per-seed differences B - A; holds: all > 0 and mean > max std)")
+  for a, b_ in zip(args.order, args.order[1:]):
+    if a not in kept or b_ not in kept:
+      print(f"  {a} < {b_}: not measured")
+      continue
+    if list(kept[a]) != list(kept[b_]):
+      raise SystemExit(f"error: {a} and {b_} ran on different seeds")
+    for b in BITS:
+      d = sign[b_][b] - sign[a][b]
+      spread = max(sign[a][b].std(ddof=1), sign[b_][b].std(ddof=1))
+      ok = bool((d > 0).all() and d.mean() > spread)
+      print(f"  {a} < {b_} at {b} bits: " + " ".join(f"{x:+.4f}" for x in d)
+            + f" (mean {d.mean():+.4f}, spread {spread:.4f}): {'holds' if ok else 'does not hold'}")
+
+
+if __name__ == "__main__":
+  main()
