@@ -10,7 +10,9 @@ per-seed mAP@1000 (sign codes, and ITQ on its layer); then for each adjacent pai
 ``--order`` (A before B, the paper's claim A < B) the paired per-seed differences B - A and
 the verdict: **holds** when every paired difference is positive and the mean difference
 exceeds the larger of the two sample standard deviations (ddof = 1): "outside the seed
-spread".  Nothing is trained or evaluated here.
+spread".  With ``--trials``, also every run on the selection seed: its setting and its
+*validation* depth profile (mAP@100 / @1000 / @5000 / whole database) per length -- the
+selection evidence, never the test queries.  Nothing is trained or evaluated here.
 """
 
 import argparse
@@ -24,9 +26,9 @@ import numpy as np
 BITS = ("16", "32", "64")
 
 
-def kept_runs(workdir: str, commit: str) -> dict:
-  """``{method: {seed: (metrics, quantize)}}`` of each method's kept setting."""
-  by_setting = collections.defaultdict(dict)
+def finished_runs(workdir: str, commit: str):
+  """``(method, config without seeds, seed, metrics, quantize)`` of each finished run at
+  ``commit`` (clean)."""
   for path in glob.glob(os.path.join(workdir, "*", "metrics.json")):
     run = os.path.dirname(path)
     if not os.path.exists(os.path.join(run, "quantize.json")):
@@ -35,12 +37,18 @@ def kept_runs(workdir: str, commit: str) -> dict:
     v = m.get("code_version", {})
     if not v.get("commit", "").startswith(commit) or v.get("dirty"):
       continue
-    method = os.path.basename(run).rsplit("-", 1)[0]
     c = json.loads(json.dumps(m["config"]))
     seed = c.pop("seed")
     c["dataset"].pop("split_seed")
-    key = (method, json.dumps(c, sort_keys=True))
-    by_setting[key][seed] = (m, json.load(open(os.path.join(run, "quantize.json"))))
+    yield (os.path.basename(run).rsplit("-", 1)[0], c, seed, m,
+           json.load(open(os.path.join(run, "quantize.json"))))
+
+
+def kept_runs(workdir: str, commit: str) -> dict:
+  """``{method: {seed: (metrics, quantize)}}`` of each method's kept setting."""
+  by_setting = collections.defaultdict(dict)
+  for method, c, seed, m, q in finished_runs(workdir, commit):
+    by_setting[(method, json.dumps(c, sort_keys=True))][seed] = (m, q)
   kept = {}
   for (method, _), seeds in by_setting.items():
     if len(seeds) > 1:
@@ -50,12 +58,40 @@ def kept_runs(workdir: str, commit: str) -> dict:
   return kept
 
 
+GRID = ("train.learning_rate", "train.steps", "model.head_hidden", "loss.temperature",
+        "loss.sort_temperature", "loss.kl_weight", "loss.cubic_weight", "loss.bihalf_gamma")
+
+
+def _trials(args):
+  print(f"validation mAP, every run on seed {args.trials}: @100 / @1000 / @5000 / all")
+  rows = sorted(((meth, c, m) for meth, c, s, m, _ in finished_runs(args.workdir, args.commit)
+                 if s == args.trials), key=lambda r: (r[0], -np.mean(
+                     [r[2]["validation"][b]["map"] for b in BITS])))
+  for meth, c, m in rows:
+    setting = {k: c[k.split(".")[0]][k.split(".")[1]] for k in GRID
+               if k.split(".")[1] in c[k.split(".")[0]]}
+    own = {k: v for k, v in setting.items() if not k.startswith("loss.") or k in _OWN[meth]}
+    print(f"  {meth:12s} " + " ".join(f"{k.split('.')[1]}={v:g}" for k, v in own.items()))
+    for b in BITS:
+      at = m["validation"][b]["map_at"]
+      print(f"      {b} bits: " + " / ".join(f"{at[d]:.3f}" for d in ("100", "1000", "5000", "all")))
+
+
+_OWN = {"nsh": ("loss.temperature", "loss.sort_temperature"), "nsh-no-sort": ("loss.temperature",),
+        "contrastive": ("loss.temperature",), "cibhash": ("loss.temperature", "loss.kl_weight"),
+        "greedyhash": ("loss.cubic_weight",), "bihalf": ("loss.bihalf_gamma",)}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", required=True)
   p.add_argument("--commit", required=True)
   p.add_argument("--order", nargs="+", default=["greedyhash", "bihalf", "cibhash", "nsh"])
+  p.add_argument("--trials", type=int, metavar="SEED",
+                 help="also list every run on this (selection) seed with its validation profile")
   args = p.parse_args()
+  if args.trials is not None:
+    _trials(args)
   kept = kept_runs(args.workdir, args.commit)
   if not kept:
     raise SystemExit(f"error: no finished multi-seed runs at {args.commit} in {args.workdir}")
