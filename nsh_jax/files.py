@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -55,10 +56,21 @@ def read_json(path: str, default=None):
     return default
 
 
+@functools.lru_cache(maxsize=None)
+def _code_version() -> tuple:
+  return tuple(_read_code_version().items())
+
+
 def code_version() -> dict:
   """``{'package', 'commit', 'dirty'}`` of the code running now: the git commit of the
   checkout holding this package and whether its tracked files differ from it (no git:
-  the package version alone)."""
+  the package version alone).  Read once per process, at the first call (the trainer
+  calls it when it starts): the modules were imported from the checkout as it was then,
+  and a commit made while a run trains must not be recorded as the code that ran."""
+  return dict(_code_version())
+
+
+def _read_code_version() -> dict:
   from nsh_jax import __version__
   here = os.path.dirname(os.path.abspath(__file__))
   out = {"package": __version__, "commit": None, "dirty": None}

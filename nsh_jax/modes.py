@@ -17,7 +17,7 @@ from nsh_jax import (checkpoints, config_checks, evaluation, feature_cache, hous
                      image_folder, image_index, input_pipeline, metrics, models, retrieval,
                      state as state_lib, train)
 from nsh_jax.errors import ConfigError, DataError
-from nsh_jax.files import digest_arrays, read_json, write_json
+from nsh_jax.files import code_version, digest_arrays, read_json, write_json
 from nsh_jax.registry import Registry
 
 __all__ = ["MODES", "restore_trained", "load_images", "trained_encoder"]
@@ -117,6 +117,7 @@ def train_mode(config, workdir, options):
 @MODES.register("evaluate")
 def evaluate_mode(config, workdir, options):
   del options
+  code_version()  # read at the start (see files.code_version)
   splits, state, mesh, encode, reference = _splits_and_trained(config, workdir)
   result = evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
                                reference=reference)

@@ -272,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   Returns the final metrics dict (also written to ``workdir/metrics.json``).
   """
   os.makedirs(workdir, exist_ok=True)
+  code_version()  # read now: the code this run starts with is what its metrics.json records
   splits = input_pipeline.load(config)
   inputs = model_inputs(config, splits, log)
   run = _Run(config, workdir, splits, inputs, state_lib.make_mesh(),

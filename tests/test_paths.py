@@ -270,3 +270,19 @@ def test_plots_are_written_and_collapsed_codes_do_not_crash(tmp_path, collapsed)
   assert names == (["pr_curve.png", "precision_at_n.png"] if collapsed else
                    ["pr_curve.png", "precision_at_n.png", "tsne.png"])
   assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_code_version_is_read_once_at_the_first_call(monkeypatch):
+  """A commit made while a run trains must not be recorded as the code that ran: the
+  version is read at the first call (the trainer's start) and kept for the process."""
+  from nsh_jax import files
+  files._code_version.cache_clear()
+  reads = iter([{"package": "p", "commit": "a" * 40, "dirty": False},
+                {"package": "p", "commit": "b" * 40, "dirty": True}])
+  monkeypatch.setattr(files, "_read_code_version", lambda: next(reads))
+  try:
+    first = files.code_version()
+    first["commit"] = "changed by the caller"
+    assert files.code_version() == {"package": "p", "commit": "a" * 40, "dirty": False}
+  finally:
+    files._code_version.cache_clear()
