@@ -17,7 +17,10 @@ import numpy as np
 
 
 def summary(workdir: str, last: int) -> str:
-  m = json.load(open(os.path.join(workdir, "metrics.json")))
+  path = os.path.join(workdir, "metrics.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"error: {path} does not exist (not a finished run?)")
+  m = json.load(open(path))
   hist = [h for h in m["history"] if "mining_chance" in h][-last:]
   if not hist:
     raise SystemExit(f"error: {workdir} logged no diagnostics (train.diagnostics=False?)")
