@@ -20,10 +20,14 @@ import collections
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 
-BITS = ("16", "32", "64")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import pretrained_table  # noqa: E402  (its grid, lengths and depths)
+
+BITS = tuple(str(b) for b in pretrained_table.BITS)
 
 
 def finished_runs(workdir: str, commit: str):
@@ -58,28 +62,18 @@ def kept_runs(workdir: str, commit: str) -> dict:
   return kept
 
 
-GRID = ("train.learning_rate", "train.steps", "model.head_hidden", "loss.temperature",
-        "loss.sort_temperature", "loss.kl_weight", "loss.cubic_weight", "loss.bihalf_gamma")
-
-
 def _trials(args):
   print(f"validation mAP, every run on seed {args.trials}: @100 / @1000 / @5000 / all")
   rows = sorted(((meth, c, m) for meth, c, s, m, _ in finished_runs(args.workdir, args.commit)
                  if s == args.trials), key=lambda r: (r[0], -np.mean(
                      [r[2]["validation"][b]["map"] for b in BITS])))
   for meth, c, m in rows:
-    setting = {k: c[k.split(".")[0]][k.split(".")[1]] for k in GRID
-               if k.split(".")[1] in c[k.split(".")[0]]}
-    own = {k: v for k, v in setting.items() if not k.startswith("loss.") or k in _OWN[meth]}
-    print(f"  {meth:12s} " + " ".join(f"{k.split('.')[1]}={v:g}" for k, v in own.items()))
+    searched = dict(pretrained_table.SHARED_GRID, **pretrained_table.OWN_GRID[meth])
+    print(f"  {meth:12s} " + " ".join(
+        f"{k.split('.')[1]}={c[k.split('.')[0]][k.split('.')[1]]:g}" for k in searched))
     for b in BITS:
       at = m["validation"][b]["map_at"]
-      print(f"      {b} bits: " + " / ".join(f"{at[d]:.3f}" for d in ("100", "1000", "5000", "all")))
-
-
-_OWN = {"nsh": ("loss.temperature", "loss.sort_temperature"), "nsh-no-sort": ("loss.temperature",),
-        "contrastive": ("loss.temperature",), "cibhash": ("loss.temperature", "loss.kl_weight"),
-        "greedyhash": ("loss.cubic_weight",), "bihalf": ("loss.bihalf_gamma",)}
+      print(f"      {b} bits: " + " / ".join(f"{at[d]:.3f}" for d in pretrained_table.DEPTHS))
 
 
 def main():
