@@ -1,0 +1,104 @@
+"""What moves NSH's top ranks: one factor at a time around a config, on validation queries only (#27).
+
+  python benchmarks/validation_sweep.py --config configs/cifar.py --workdir runs/sweep \
+      --seeds 0 --out docs/validation_sweep.md
+
+Starting from the config as it is (``configs/cifar.py``: the setting the paper-protocol table
+kept on validation), each variant changes one thing -- the number of sorted positives m, the
+SoftSort temperature (the paper's 1 bit against 1/8 of the code length), the weights of the
+instance terms, the steps -- and is trained with the same seed(s) as the unchanged config.
+The report reads the **validation** queries only: mAP@100 / @1000 / @5000 / over the whole
+database per length, and each variant's difference from the unchanged config at @100 and
+@1000 (per seed, and the mean).  The test queries are not read, so nothing here is a table
+number; a variant that wins here is a candidate for the next selection round, where every
+control gets the same number of extra trials.
+
+Runs go through ``pretrained_table.run`` (keyed by flags and commit, reused only at the same
+clean commit), ``--method`` picks NSH or one of the table's controls, and ``--variants`` a
+subset of the sweep.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import pretrained_table  # noqa: E402  (run keying, lengths, depths)
+
+BITS = pretrained_table.BITS
+DEPTHS = pretrained_table.DEPTHS
+# name -> overrides of the config (one factor each); "config" is the unchanged config.
+SWEEP = {
+    "config": {},
+    "m=1": {"loss.num_positives": 1},
+    "m=4": {"loss.num_positives": 4},
+    "m=8": {"loss.num_positives": 8},
+    "sort 1 bit (paper)": {"loss.sort_temperature_unit": "bit", "loss.sort_temperature": 1.0},
+    "sort 1/4 of the length": {"loss.sort_temperature": 0.25},
+    "no latent instance term": {"loss.instance_weight": 0.0},
+    "no code instance term": {"loss.code_instance_weight": 0.0},
+    "instance terms x0.5": {"loss.instance_weight": 0.5, "loss.code_instance_weight": 0.5},
+    "2,000 steps": {"train.steps": 2000},
+}
+
+
+def _row(name, per_seed, base):
+  """Markdown rows (one per length) of a variant: validation depth profile (mean over
+  seeds) and its paired difference from the unchanged config at @100 / @1000."""
+  out = []
+  for b in BITS:
+    prof = [np.mean([m["validation"][str(b)]["map_at"][d] for m in per_seed]) for d in DEPTHS]
+    cells = [f"{v:.4f}" for v in prof]
+    for d in ("100", "1000"):
+      diffs = [m["validation"][str(b)]["map_at"][d] - c["validation"][str(b)]["map_at"][d]
+               for m, c in zip(per_seed, base)]
+      cells.append("—" if name == "config" else
+                   f"{np.mean(diffs):+.4f}" + (f" ({' '.join(f'{x:+.3f}' for x in diffs)})"
+                                               if len(diffs) > 1 else ""))
+    out.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--config", default="configs/cifar.py")
+  p.add_argument("--workdir", default="runs/sweep")
+  p.add_argument("--method", default="nsh", choices=list(pretrained_table.METHODS))
+  p.add_argument("--seeds", type=int, nargs="+", default=[0])
+  p.add_argument("--variants", nargs="*", help="a subset of the sweep (the config always runs)")
+  p.add_argument("--out", help="also write the report (markdown) here, after every variant")
+  args = p.parse_args()
+  args.val_per_class = 0  # the config's own validation queries
+  os.chdir(pretrained_table.ROOT)
+  version = pretrained_table._code_version()
+  unknown = set(args.variants or ()) - set(SWEEP)
+  if unknown:
+    sys.exit(f"unknown variants {sorted(unknown)}; the sweep has {list(SWEEP)}")
+  names = ["config"] + [n for n in SWEEP if n != "config" and (not args.variants
+                                                                or n in args.variants)]
+  results = {}
+  for name in names:
+    results[name] = [pretrained_table.run(args, args.method, SWEEP[name], s, version)[0]
+                     for s in args.seeds]
+    if "validation" not in results[name][0]:
+      sys.exit("the config has no validation queries (dataset.val_queries_per_class)")
+    lines = [f"{args.method} on **validation** queries, seeds {args.seeds}, code "
+             f"{version['commit'][:10]}; `python benchmarks/validation_sweep.py "
+             f"{' '.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
+             "", "| variant | bits | @100 | @1000 | @5000 | all | Δ@100 | Δ@1000 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, per_seed in results.items():
+      lines += _row(n, per_seed, results["config"])
+    lines += ["", "Overrides: " + "; ".join(f"{n}: {json.dumps(SWEEP[n])}" for n in results)]
+    text = "\n".join(lines)
+    if args.out:
+      with open(args.out, "w") as f:
+        f.write(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
