@@ -286,3 +286,17 @@ def test_code_version_is_read_once_at_the_first_call(monkeypatch):
     assert files.code_version() == {"package": "p", "commit": "a" * 40, "dirty": False}
   finally:
     files._code_version.cache_clear()
+
+
+# ------------------------------------------------------------ configs/cifar.py variants
+
+
+def test_cifar_lite2_variant_differs_from_lite0_only_in_the_backbone():
+  from configs import cifar
+  lite0, lite2 = cifar.get_config("lite0"), cifar.get_config("lite2")
+  assert (lite0.model.backbone, lite2.model.backbone) == ("efficientnet_lite0", "efficientnet_lite2")
+  assert lite0.dataset.protocol == "paper" and lite0.dataset.val_queries_per_class == 100
+  lite2.model.backbone = lite0.model.backbone
+  assert lite2.to_dict() == lite0.to_dict()
+  with pytest.raises(ValueError, match="unknown variant 'lite3'"):
+    cifar.get_config("lite3")
