@@ -2,6 +2,10 @@
 
   python benchmarks/validation_sweep.py --config configs/cifar.py --workdir runs/sweep \
       --seeds 0 --out docs/validation_sweep.md
+  python benchmarks/validation_sweep.py --config configs/cifar_prefix_pretrained.py \
+      --val-per-class 50 --workdir runs/prefix_sweep --seeds 0 1 2 \
+      --variants "sort 1 bit (paper)" "sort 1/32 of the length" "sort 1/16 of the length" \
+      "sort 1/4 of the length"
 
 Starting from the config as it is (``configs/cifar.py``: the setting the paper-protocol table
 kept on validation), each variant changes one thing -- the number of sorted positives m, the
@@ -37,6 +41,8 @@ SWEEP = {
     "m=4": {"loss.num_positives": 4},
     "m=8": {"loss.num_positives": 8},
     "sort 1 bit (paper)": {"loss.sort_temperature_unit": "bit", "loss.sort_temperature": 1.0},
+    "sort 1/32 of the length": {"loss.sort_temperature": 1 / 32},
+    "sort 1/16 of the length": {"loss.sort_temperature": 1 / 16},
     "sort 1/4 of the length": {"loss.sort_temperature": 0.25},
     "no latent instance term": {"loss.instance_weight": 0.0},
     "no code instance term": {"loss.code_instance_weight": 0.0},
@@ -68,10 +74,11 @@ def main():
   p.add_argument("--workdir", default="runs/sweep")
   p.add_argument("--method", default="nsh", choices=list(pretrained_table.METHODS))
   p.add_argument("--seeds", type=int, nargs="+", default=[0])
+  p.add_argument("--val-per-class", type=int, default=0,
+                 help="validation queries per class (0: the config's; it must have some)")
   p.add_argument("--variants", nargs="*", help="a subset of the sweep (the config always runs)")
   p.add_argument("--out", help="also write the report (markdown) here, after every variant")
   args = p.parse_args()
-  args.val_per_class = 0  # the config's own validation queries
   os.chdir(pretrained_table.ROOT)
   version = pretrained_table._code_version()
   unknown = set(args.variants or ()) - set(SWEEP)
@@ -84,7 +91,7 @@ def main():
     results[name] = [pretrained_table.run(args, args.method, SWEEP[name], s, version)[0]
                      for s in args.seeds]
     if "validation" not in results[name][0]:
-      sys.exit("the config has no validation queries (dataset.val_queries_per_class)")
+      sys.exit("the config has no validation queries: give --val-per-class")
     lines = [f"{args.method} on **validation** queries, seeds {args.seeds}, code "
              f"{version['commit'][:10]}; `python benchmarks/validation_sweep.py "
              f"{' '.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
