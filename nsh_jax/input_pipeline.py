@@ -22,6 +22,7 @@ so a resumed run sees exactly the data an uninterrupted one would.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import queue
 import threading
@@ -65,15 +66,31 @@ def check_labels(name: str, labels, n: int) -> np.ndarray:
 # --------------------------------------------------------------------- loaders
 
 
+def _digits_arrays():
+  """scikit-learn's 1,797 digits: ``(images [n, 8, 8] in 0..16, labels [n])``.
+
+  Read from the CSV that scikit-learn ships (64 pixel columns, then the label) without
+  importing scikit-learn, whose import costs seconds per run; its loader where the file
+  is elsewhere.
+  """
+  spec = importlib.util.find_spec("sklearn")  # locates the package, does not import it
+  path = (os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+          if spec and spec.submodule_search_locations else "")
+  if os.path.exists(path):
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
+  from sklearn.datasets import load_digits as sk_digits
+  d = sk_digits()
+  return d.images, d.target.astype(np.int32)
+
+
 def load_digits(config) -> Splits:
   """scikit-learn's digits, 20 test queries per class (picked by ``dataset.split_seed``)."""
-  from sklearn.datasets import load_digits as sk_digits
   from nsh_jax.protocol import balanced_pick
-  d = sk_digits()
-  img = (d.images / 16.0 * 255.0).astype(np.uint8)  # [n, 8, 8]
+  images, labels = _digits_arrays()
+  img = (images / 16.0 * 255.0).astype(np.uint8)  # [n, 8, 8]
   img = np.repeat(np.repeat(img, 4, axis=1), 4, axis=2)  # 32x32, nearest
   img = np.repeat(img[..., None], 3, axis=-1)
-  labels = d.target.astype(np.int32)
   q = balanced_pick(labels, 20, np.random.default_rng(int(config.dataset.split_seed)))
   rest = np.setdiff1d(np.arange(len(labels)), q)
   return make_splits(config.dataset, (img[rest], labels[rest]), (img[q], labels[q]), 10)

@@ -300,3 +300,25 @@ def test_cifar_lite2_variant_differs_from_lite0_only_in_the_backbone():
   assert lite2.to_dict() == lite0.to_dict()
   with pytest.raises(ValueError, match="unknown variant 'lite3'"):
     cifar.get_config("lite3")
+
+
+# ------------------------------------------------------------ the digits loader
+
+
+def test_digits_read_without_sklearn_equal_sklearns_loader():
+  import subprocess
+  import sys
+  from sklearn.datasets import load_digits
+  from conftest import ROOT
+  images, labels = input_pipeline._digits_arrays()  # pylint: disable=protected-access
+  ref = load_digits()
+  np.testing.assert_array_equal(images, ref.images)
+  np.testing.assert_array_equal(labels, ref.target)
+  assert labels.dtype == np.int32 and images.shape == (1797, 8, 8)
+  # What the speed-up is for: a run on digits never imports scikit-learn.
+  code = ("import sys; from configs import default; from nsh_jax import input_pipeline; "
+          "s = input_pipeline.load(default.get_config()); "
+          "assert 'sklearn' not in sys.modules, 'sklearn imported'; print(len(s.db_labels))")
+  res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert int(res.stdout) == 1797 - 200
