@@ -76,7 +76,7 @@ def main():
   p.add_argument("--seeds", type=int, nargs="+", default=[0])
   p.add_argument("--val-per-class", type=int, default=0,
                  help="validation queries per class (0: the config's; it must have some)")
-  p.add_argument("--variants", nargs="*", help="a subset of the sweep (the config always runs)")
+  p.add_argument("--variants", nargs="*", help="a subset of the sweep (the config always runs; none given: the config alone)")
   p.add_argument("--out", help="also write the report (markdown) here, after every variant")
   args = p.parse_args()
   os.chdir(pretrained_table.ROOT)
@@ -84,7 +84,7 @@ def main():
   unknown = set(args.variants or ()) - set(SWEEP)
   if unknown:
     sys.exit(f"unknown variants {sorted(unknown)}; the sweep has {list(SWEEP)}")
-  names = ["config"] + [n for n in SWEEP if n != "config" and (not args.variants
+  names = ["config"] + [n for n in SWEEP if n != "config" and (args.variants is None
                                                                 or n in args.variants)]
   results = {}
   for name in names:
