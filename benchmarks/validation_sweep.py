@@ -25,6 +25,7 @@ subset of the sweep.
 import argparse
 import json
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -94,7 +95,7 @@ def main():
       sys.exit("the config has no validation queries: give --val-per-class")
     lines = [f"{args.method} on **validation** queries, seeds {args.seeds}, code "
              f"{version['commit'][:10]}; `python benchmarks/validation_sweep.py "
-             f"{' '.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
+             f"{shlex.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
              "", "| variant | bits | @100 | @1000 | @5000 | all | Δ@100 | Δ@1000 |",
              "|---|---|---|---|---|---|---|---|"]
     for n, per_seed in results.items():
