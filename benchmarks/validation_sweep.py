@@ -10,7 +10,7 @@
 Starting from the config as it is (``configs/cifar.py``: the setting the paper-protocol table
 kept on validation), each variant changes one thing -- the number of sorted positives m, the
 SoftSort temperature (the paper's 1 bit against 1/8 of the code length), the weights of the
-instance terms, the steps -- and is trained with the same seed(s) as the unchanged config.
+instance terms, the steps, the number of cached views -- and is trained with the same seed(s) as the unchanged config.
 The report reads the **validation** queries only: mAP@100 / @1000 / @5000 / over the whole
 database per length, and each variant's difference from the unchanged config at @100 and
 @1000 (per seed, and the mean).  The test queries are not read, so nothing here is a table
@@ -49,6 +49,9 @@ SWEEP = {
     "no code instance term": {"loss.code_instance_weight": 0.0},
     "instance terms x0.5": {"loss.instance_weight": 0.5, "loss.code_instance_weight": 0.5},
     "2,000 steps": {"train.steps": 2000},
+    # More cached views per training image (a new feature cache: every view is extracted).
+    "12 views": {"features.views": 12},
+    "24 views": {"features.views": 24},
 }
 
 
