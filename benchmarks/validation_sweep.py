@@ -12,7 +12,7 @@ kept on validation), each variant changes one thing -- the number of sorted posi
 SoftSort temperature (the paper's 1 bit against 1/8 of the code length), the weights of the
 instance terms, the steps, the number of cached views -- and is trained with the same seed(s) as the unchanged config.
 The report reads the **validation** queries only: mAP@100 / @1000 / @5000 / over the whole
-database per length, and each variant's difference from the unchanged config at @100 and
+database per length (where the config sets ``eval.depths``; else its mAP@top_k alone), P@100, and each variant's difference from the unchanged config at @100 and
 @1000 (per seed, and the mean).  The test queries are not read, so nothing here is a table
 number; a variant that wins here is a candidate for the next selection round, where every
 control gets the same number of extra trials.
@@ -58,14 +58,21 @@ SWEEP = {
 def _row(name, per_seed, base):
   """Markdown rows (one per length) of a variant: validation depth profile (mean over
   seeds) and its paired difference from the unchanged config at @100 / @1000."""
+  def at(m, b, d):  # mAP at depth d; a config without eval.depths has its top_k only
+    r = m["validation"][str(b)]
+    return r["map_at"][d] if "map_at" in r else (r["map"] if d == str(r["top_k"]) else None)
+
   out = []
   for b in BITS:
-    prof = [np.mean([m["validation"][str(b)]["map_at"][d] for m in per_seed]) for d in DEPTHS]
-    cells = [f"{v:.4f}" for v in prof]
+    cells = []
+    for d in DEPTHS:
+      vals = [at(m, b, d) for m in per_seed]
+      cells.append("—" if None in vals else f"{np.mean(vals):.4f}")
+    cells.append(f"{np.mean([m['validation'][str(b)]['precision_at_n']['100'] for m in per_seed]):.4f}")
     for d in ("100", "1000"):
-      diffs = [m["validation"][str(b)]["map_at"][d] - c["validation"][str(b)]["map_at"][d]
+      diffs = [None if None in (at(m, b, d), at(c, b, d)) else at(m, b, d) - at(c, b, d)
                for m, c in zip(per_seed, base)]
-      cells.append("—" if name == "config" else
+      cells.append("—" if name == "config" or None in diffs else
                    f"{np.mean(diffs):+.4f}" + (f" ({' '.join(f'{x:+.3f}' for x in diffs)})"
                                                if len(diffs) > 1 else ""))
     out.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
@@ -99,8 +106,8 @@ def main():
     lines = [f"{args.method} on **validation** queries, seeds {args.seeds}, code "
              f"{version['commit'][:10]}; `python benchmarks/validation_sweep.py "
              f"{shlex.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
-             "", "| variant | bits | @100 | @1000 | @5000 | all | Δ@100 | Δ@1000 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| variant | bits | @100 | @1000 | @5000 | all | P@100 | Δ@100 | Δ@1000 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n, per_seed in results.items():
       lines += _row(n, per_seed, results["config"])
     lines += ["", "Overrides: " + "; ".join(f"{n}: {json.dumps(SWEEP[n])}" for n in results)]
