@@ -1,18 +1,18 @@
 """What moves NSH's top ranks: one factor at a time around a config, on validation queries only (#27).
 
-  python benchmarks/validation_sweep.py --config configs/cifar.py --workdir runs/sweep \
-      --seeds 0 --out docs/validation_sweep.md
+  python benchmarks/validation_sweep.py --config configs/cifar.py --workdir runs/sweep --seeds 0 \
+      --variants m=1 m=4 m=8 "sort 1 bit (paper)" --out runs/validation_sweep.md
   python benchmarks/validation_sweep.py --config configs/cifar_prefix_pretrained.py \
       --val-per-class 50 --workdir runs/prefix_sweep --seeds 0 1 2 \
-      --variants "sort 1 bit (paper)" "sort 1/32 of the length" "sort 1/16 of the length" \
-      "sort 1/4 of the length"
+      --variants "sort 1 bit (paper)" --out runs/prefix_sweep.md
 
 Starting from the config as it is (``configs/cifar.py``: the setting the paper-protocol table
 kept on validation), each variant changes one thing -- the number of sorted positives m, the
 SoftSort temperature (the paper's 1 bit against 1/8 of the code length), the weights of the
-instance terms, the steps, the number of cached views -- and is trained with the same seed(s) as the unchanged config.
-The report reads the **validation** queries only: mAP@100 / @1000 / @5000 / over the whole
-database per length (where the config sets ``eval.depths``; else its mAP@top_k alone), P@100, and each variant's difference from the unchanged config at @100 and
+instance terms, the steps, the number of cached views -- and is trained with the same seed(s)
+as the unchanged config.  The report reads the **validation** queries only: mAP@100 / @1000 /
+@5000 / over the whole database per length (where the config sets ``eval.depths``; else its
+mAP@top_k alone), P@100, and each variant's difference from the unchanged config at @100 and
 @1000 (per seed, and the mean).  The test queries are not read, so nothing here is a table
 number; a variant that wins here is a candidate for the next selection round, where every
 control gets the same number of extra trials.
@@ -68,7 +68,8 @@ def _row(name, per_seed, base):
     for d in DEPTHS:
       vals = [at(m, b, d) for m in per_seed]
       cells.append("—" if None in vals else f"{np.mean(vals):.4f}")
-    cells.append(f"{np.mean([m['validation'][str(b)]['precision_at_n']['100'] for m in per_seed]):.4f}")
+    p100 = [m["validation"][str(b)]["precision_at_n"]["100"] for m in per_seed]
+    cells.append(f"{np.mean(p100):.4f}")
     for d in ("100", "1000"):
       diffs = [None if None in (at(m, b, d), at(c, b, d)) else at(m, b, d) - at(c, b, d)
                for m, c in zip(per_seed, base)]
@@ -87,7 +88,8 @@ def main():
   p.add_argument("--seeds", type=int, nargs="+", default=[0])
   p.add_argument("--val-per-class", type=int, default=0,
                  help="validation queries per class (0: the config's; it must have some)")
-  p.add_argument("--variants", nargs="*", help="a subset of the sweep (the config always runs; none given: the config alone)")
+  p.add_argument("--variants", nargs="*",
+                 help="a subset of the sweep (the config always runs; none given: the config alone)")
   p.add_argument("--out", help="also write the report (markdown) here, after every variant")
   args = p.parse_args()
   os.chdir(pretrained_table.ROOT)
