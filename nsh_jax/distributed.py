@@ -30,7 +30,7 @@ from typing import Optional
 
 from nsh_jax.errors import ConfigError
 
-__all__ = ["initialize"]
+__all__ = ["barrier", "initialize"]
 
 
 def _env_wants_cluster() -> bool:
@@ -70,6 +70,30 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   watchdog.start()
   atexit.register(watchdog.stop)  # LIFO: runs before JAX's own distributed shutdown
   return True
+
+
+_barriers = 0  # how many barrier() calls this process made: the same sequence on every process
+
+
+def barrier(name: str, timeout_s: float = 3600) -> None:
+  """Waits until every process has reached this call (nothing with one process).
+
+  Over the coordination service (a timeout of its own), not a collective.  The
+  processes' compile times differ widely: JAX's persistent cache is keyed per
+  process and written by process 0 only, so with a warm cache process 0 loads
+  in a moment what the others spend seconds to minutes compiling.  Without a barrier the early
+  process waits inside its first collective instead, under the collective
+  runtime's timeouts (gloo's ended a 2-process CPU run that way once; not
+  reproduced since).  A peer that dies meanwhile is reported by the watchdog.
+  """
+  import jax
+  global _barriers
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  _barriers += 1
+  jax_distributed.global_state.client.wait_at_barrier(  # pylint: disable=protected-access
+      f"nsh_jax/{name}/{_barriers}", int(timeout_s * 1000))
 
 
 _PREFIX = "nsh_jax/alive/"

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import augment, householder, metrics, protocol, retrieval
+from nsh_jax import augment, distributed, householder, metrics, protocol, retrieval
 from nsh_jax.errors import DataError, TrainingError
 from nsh_jax.files import pad_rows
 from nsh_jax.state import bit_list
@@ -54,6 +54,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process) sharded array, whole, on every process."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+    distributed.barrier("gather")  # the peers may still be compiling their encoder
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import (checkpoints, evaluation, events, feature_cache, input_pipeline, losses, models, optim,
+from nsh_jax import (checkpoints, distributed, evaluation, events, feature_cache, input_pipeline, losses, models, optim,
                      state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import code_version, digest_arrays, format_duration, read_json, write_json
@@ -169,8 +169,14 @@ def _train_loop(run: _Run, state, encode_fn):
   for step, images, labels in input_pipeline.train_batches(
       run.inputs.train, run.splits.train_labels, t.batch_size, config.seed, start,
       total, jax.process_index(), jax.process_count()):
-    state, metrics = step_fn(state, jax.make_array_from_process_local_data(data, images),
-                             jax.make_array_from_process_local_data(data, labels))
+    x = jax.make_array_from_process_local_data(data, images)
+    y = jax.make_array_from_process_local_data(data, labels)
+    if step == start and jax.process_count() > 1:
+      # Compiled ahead, then every process waits for the others: the step's first
+      # all-reduce must not wait on a peer still compiling (distributed.barrier).
+      step_fn = step_fn.lower(state, x, y).compile()
+      distributed.barrier("train_step_compiled")
+    state, metrics = step_fn(state, x, y)
     done = step + 1
     if done == start + 1 and done < total:  # the rate (and ETA) leaves out compilation
       jax.block_until_ready(state.step)

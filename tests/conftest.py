@@ -10,7 +10,7 @@ SHARED_JPEG = os.path.join(ROOT, "..", "shared", "data", "cifar10_jpeg.tar.xz")
 # JAX's persistent compilation cache for the suite (NSH_JAX_TEST_COMPILE_CACHE, set by
 # .ci/run): the many short main.py runs and in-process steps compile the same programs.
 # Subprocesses inherit it through JAX_COMPILATION_CACHE_DIR; runs that a test SIGKILLs
-# only read it, multi-process runs go without (tests/helpers.py).
+# only read it (tests/helpers.py).
 _cache = os.environ.get("NSH_JAX_TEST_COMPILE_CACHE")
 if _cache:
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)

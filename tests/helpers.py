@@ -7,16 +7,6 @@ import numpy as np
 from conftest import ROOT
 
 
-def without_compile_cache(env: dict) -> dict:
-  """``env`` without JAX's persistent compilation cache: for multi-process runs. With the
-  cache warm, a 2-process run failed at start-up (gloo gave up after waiting 30 s for its
-  peer; JAX writes the cache from process 0 only, so the processes start unevenly)."""
-  env = dict(env)
-  for k in ("JAX_COMPILATION_CACHE_DIR", "NSH_JAX_TEST_COMPILE_CACHE"):
-    env.pop(k, None)
-  return env
-
-
 def read_only_compile_cache(env: dict) -> dict:
   """``env`` whose runs read the suite's compilation cache (if any) but never write to it:
   for a run that a test SIGKILLs, so that no kill lands in a cache write."""
