@@ -81,10 +81,10 @@ def barrier(name: str, timeout_s: float = 3600) -> None:
   Over the coordination service (a timeout of its own), not a collective.  The
   processes' compile times differ widely: JAX's persistent cache is keyed per
   process and written by process 0 only, so with a warm cache process 0 loads
-  in a moment what the others spend seconds to minutes compiling.  Without a barrier the early
-  process waits inside its first collective instead, under the collective
-  runtime's timeouts (gloo's ended a 2-process CPU run that way once; not
-  reproduced since).  A peer that dies meanwhile is reported by the watchdog.
+  in a moment what the others spend seconds to minutes compiling.  Without a
+  barrier the early process waits inside its first collective instead, under the
+  collective runtime's timeouts (gloo's ended a 2-process CPU run that way once;
+  not reproduced since).  A peer that dies meanwhile is reported by the watchdog.
   """
   import jax
   global _barriers

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import (checkpoints, distributed, evaluation, events, feature_cache, input_pipeline, losses, models, optim,
-                     state as state_lib, step as step_lib)
+from nsh_jax import (checkpoints, distributed, evaluation, events, feature_cache, input_pipeline,
+                     losses, models, optim, state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import code_version, digest_arrays, format_duration, read_json, write_json
 
