@@ -54,7 +54,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process) sharded array, whole, on every process."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    distributed.barrier("gather")  # the peers may still be compiling their encoder
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 
@@ -74,7 +73,10 @@ def encode_images(encode_fn, state, images: np.ndarray, mesh, batch_size: int = 
     rows = min(batch_size, images.shape[0] - i)
     chunk = pad_rows(images[i:i + batch_size], batch_size)
     sharded = jax.make_array_from_callback(chunk.shape, data, lambda idx, c=chunk: c[idx])
-    out.append(_to_host(encode_fn(state, sharded))[:rows])
+    y = encode_fn(state, sharded)
+    if i == 0:  # every batch has one shape: only the first compiles (distributed.barrier)
+      distributed.barrier("encoder_compiled")
+    out.append(_to_host(y)[:rows])
   return np.concatenate(out).astype(np.float32)
 
 
