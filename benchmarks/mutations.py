@@ -13,7 +13,7 @@ M = [
  ("dsh: margin ignored", "nsh_jax/losses.py", "jnp.maximum(margin - dist, 0.0)", "jnp.maximum(2.0 * d - dist, 0.0)", "tests/test_paths.py::test_dsh_loss_matches_its_formula_and_margin"),
  ("labels leak into the batch order", "nsh_jax/train.py", "t.batch_size, config.seed, start", "t.batch_size, config.seed + int(run.splits.train_labels[0]), start", "tests/test_image_folder.py::test_no_leakage_labels_and_queries_do_not_reach_the_database_codes"),
  ("quantizer fitted on the queries", "nsh_jax/evaluation.py", "(query_emb if train_emb is None else train_emb)[:, :bits]", "query_emb[:, :bits]", "tests/test_image_folder.py::test_no_leakage_labels_and_queries_do_not_reach_the_database_codes"),
- ("XLA sort ascending", "nsh_jax/sorting.py", "return jnp.argsort(-scores, axis=-1)", "return jnp.argsort(scores, axis=-1)", "tests/test_paths.py::test_xla_sort_path_equals_the_sorting_network"),
+ ("XLA sort ascending", "nsh_jax/sorting.py", "return jnp.argsort(-scores, axis=axis)", "return jnp.argsort(scores, axis=axis)", "tests/test_paths.py::test_xla_sort_path_equals_the_sorting_network"),
  ("OT plan not reversed", "nsh_jax/sorting.py", "return n * jnp.flip(plan, axis=1).T", "return n * plan.T", "tests/test_paths.py::test_ott_sorter_ranks_largest_first"),
  ("flip test inverted", "nsh_jax/augment.py", "jax.random.uniform(k_flip) < cfg.flip", "jax.random.uniform(k_flip) >= cfg.flip", "tests/test_paths.py::test_augmentation_at_zero_strength_is_the_identity_and_flip_mirrors"),
  ("cache key ignores the view seed", "nsh_jax/feature_cache.py", '"seed": view_seed(config),', '', "tests/test_paths.py::test_feature_cache_key_changes_with_everything_it_depends_on"),

@@ -9,7 +9,7 @@
 Starting from the config as it is (``configs/cifar.py``: the setting the paper-protocol table
 kept on validation), each variant changes one thing -- the number of sorted positives m, the
 SoftSort temperature (the paper's 1 bit against 1/8 of the code length), the weights of the
-instance terms, the steps, the number of cached views -- and is trained with the same seed(s)
+instance terms, the steps, the number of cached views, the backbone -- and is trained with the same seed(s)
 as the unchanged config.  The report reads the **validation** queries only: mAP@100 / @1000 /
 @5000 / over the whole database per length (where the config sets ``eval.depths``; else its
 mAP@top_k alone), P@100, and each variant's difference from the unchanged config at @100 and
@@ -52,6 +52,8 @@ SWEEP = {
     # More cached views per training image (a new feature cache: every view is extracted).
     "12 views": {"features.views": 12},
     "24 views": {"features.views": 24},
+    # The other offline backbone, the recipe unchanged (a new feature cache, ~2x Lite0's passes).
+    "Lite2 backbone": {"model.backbone": "efficientnet_lite2"},
 }
 
 
