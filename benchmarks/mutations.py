@@ -2,7 +2,7 @@
 
   python benchmarks/mutations.py [NAME_PART ...]
 
-Prints caught / MISSED per mutation. Edits nsh_jax/ in place (restored after each): run on a clean checkout.
+Prints caught / MISSED per mutation. Edits nsh_jax/ (and configs/) in place (restored after each): run on a clean checkout.
 """
 import subprocess, sys, os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,12 @@ M = [
  ("index of another model accepted", "nsh_jax/image_index.py", "  if meta.get(\"model\") != model_digest:\n    raise DataError(f\"{out_dir} was built by another model (digest", "  if False:\n    raise DataError(f\"{out_dir} was built by another model (digest", "tests/test_cli.py::test_index_of_another_model_is_refused"),
  ("a resumed run restarts the batch order", "nsh_jax/train.py", "t.batch_size, config.seed, start", "t.batch_size, config.seed, 0", "tests/test_multiprocess.py::test_two_processes_match_one"),
  ("retrieval gallery with 5 results", "nsh_jax/plots.py", "queries: int = 8,\n                       k: int = 10)", "queries: int = 8,\n                       k: int = 5)", "tests/test_cli.py::test_retrieval_plot_is_written"),
+ ("frozen backbone optimised (defect 1)", "nsh_jax/optim.py", "  if not config.model.frozen:\n    return opt", "  if True:\n    return opt", "tests/test_defects.py::test_frozen_backbone_is_bit_identical_and_has_no_optimizer_state"),
+ ("a failed producer dies silently (defect 2)", "nsh_jax/input_pipeline.py", "      _put(q, stop, _Failed(e))", "      return", "tests/test_defects.py::test_producer_error_reaches_the_training_loop_within_a_second"),
+ ("dominance weights from the features, not the hash layer's input (defect 3)", "nsh_jax/step.py", 'detached["hash_input"].T @', 'detached["features"].T @', "tests/test_defects.py::test_dominance_weights_use_the_hash_kernel_gradient"),
+ ("barrier returns before waiting", "nsh_jax/distributed.py", "  jax_distributed.global_state.client.wait_at_barrier(", "  return\n  jax_distributed.global_state.client.wait_at_barrier(", "tests/test_multiprocess.py::test_barrier_waits_for_the_late_process"),
+ ("digits through scikit-learn's loader", "nsh_jax/input_pipeline.py", "  if os.path.exists(path):", "  if False:", "tests/test_paths.py::test_digits_read_without_sklearn_equal_sklearns_loader"),
+ ("cifar.py:lite2 keeps Lite0", "configs/cifar.py", '    config.model.backbone = f"efficientnet_{variant}"\n', "", "tests/test_paths.py::test_cifar_lite2_variant_differs_from_lite0_only_in_the_backbone"),
 ]
 only = sys.argv[1:]
 for name, path, old, new, test in M:
