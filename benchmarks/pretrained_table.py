@@ -142,12 +142,14 @@ def _profile(r):
 
 
 def load_config(path: str):
-  """The config of a config file (``configs/cifar.py``), as ``main.py --config=`` reads it."""
+  """The config of a config file (``configs/cifar.py``, or ``configs/cifar.py:lite2`` for a
+  variant), as ``main.py --config=`` reads it."""
   import importlib.util
+  path, _, variant = path.partition(":")
   spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(variant) if variant else mod.get_config()
 
 
 def posthoc(args, seeds):
