@@ -72,6 +72,45 @@ def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
   assert other.path != fs.path and other.train_views.shape[1] == 3
 
 
+def test_another_split_of_the_same_images_computes_only_its_views(tmp_path):
+  from nsh_jax import feature_cache, input_pipeline, train
+  c, splits = _config(tmp_path), _splits()
+  variables, digest = train.backbone_variables(c)
+  first = feature_cache.load_or_extract(c, splits, variables, digest, lambda *a: None)
+  store = [d for d in os.listdir(tmp_path) if "-clean-" in d]
+  assert len(store) == 1
+  parts = sorted(os.listdir(tmp_path / store[0]))
+  # Another split seed: the 26 images re-dealt (other queries, database order, training rows),
+  # one image twice (27 lookups).
+  x = np.concatenate([splits.db_images, splits.query_images])
+  y = np.concatenate([splits.db_labels, splits.query_labels])
+  perm = np.random.default_rng(5).permutation(26)
+  db, q = perm[:18], np.concatenate([perm[18:], perm[:1]])
+  other = input_pipeline.Splits(x[db[:10]], y[db[:10]], x[q], y[q], x[db], y[db], 2,
+                                train_rows=np.arange(10))
+  c.seed = 1
+  logs = []
+  fs = feature_cache.load_or_extract(c, other, variables, digest, logs.append)
+  assert fs.path != first.path
+  assert any("27 clean images found" in line for line in logs), logs
+  assert sorted(os.listdir(tmp_path / store[0])) == parts  # nothing added to the store
+  by_image = np.concatenate([first.database, first.query])
+  np.testing.assert_array_equal(fs.database, by_image[db])
+  np.testing.assert_array_equal(fs.query, by_image[q])
+  assert fs.train_views.shape == (10, 2, 1280)
+  # A new image is computed, added to the store, and equals the backbone on it.
+  new = np.full((1, 32, 32, 3), 7, np.uint8)
+  grown = input_pipeline.Splits(x[db[:10]], y[db[:10]], new, y[:1], x[db], y[db], 2,
+                                train_rows=np.arange(10))
+  fs = feature_cache.load_or_extract(c, grown, variables, digest, logs.append)
+  assert len(os.listdir(tmp_path / store[0])) == len(parts) + 1
+  np.testing.assert_allclose(fs.query, feature_cache.clean_features(c, variables)(new),
+                             rtol=1e-5, atol=1e-5)
+  assert feature_cache.image_keys(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 16)
+  keys = feature_cache.image_keys(np.stack([new[0], new[0], x[0]]))
+  assert (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).all()
+
+
 def test_training_on_the_cache_end_to_end(tmp_path):
   rng = np.random.default_rng(1)
   data = str(tmp_path / "d.npz")

@@ -201,6 +201,24 @@ def test_feature_cache_key_changes_with_everything_it_depends_on(change):
   assert feature_cache.cache_key(c, s, weights) != key
 
 
+@pytest.mark.parametrize("change,differs", [
+    (("dataset", "image_size", 96), True), (("dataset", "normalization", "imagenet"), True),
+    (("model", "backbone", "efficientnet_lite2"), True), (("weights", None, "other"), True),
+    (("dataset", "min_scale", 0.9), False), (("features", "views", 3), False),
+    (("features", "seed", 5), False), (("seed", None, 1), False)])
+def test_clean_store_is_shared_by_splits_views_and_seeds_only(change, differs):
+  c = cifar_prefix_pretrained.get_config()
+  folder = feature_cache.store_dir(c, "w")
+  (section, name, value), weights = change, "w"
+  if section == "weights":
+    weights = value
+  elif section == "seed":
+    c.seed = value
+  else:
+    c[section][name] = value
+  assert (feature_cache.store_dir(c, weights) != folder) == differs
+
+
 # ----------------------------------------------------------------- multi-hot and slicing
 
 
