@@ -309,9 +309,10 @@ def test_code_version_is_read_once_at_the_first_call(monkeypatch):
 # ------------------------------------------------------------ configs/cifar.py variants
 
 
-def test_cifar_lite2_variant_differs_from_lite0_only_in_the_backbone():
+def test_cifar_lite2_default_differs_from_lite0_only_in_the_backbone():
   from configs import cifar
   lite0, lite2 = cifar.get_config("lite0"), cifar.get_config("lite2")
+  assert cifar.get_config().to_dict() == lite2.to_dict()  # the default, chosen on validation
   assert (lite0.model.backbone, lite2.model.backbone) == ("efficientnet_lite0", "efficientnet_lite2")
   assert lite0.dataset.protocol == "paper" and lite0.dataset.val_queries_per_class == 100
   lite2.model.backbone = lite0.model.backbone
