@@ -52,7 +52,9 @@ SWEEP = {
     # More cached views per training image (a new feature cache: every view is extracted).
     "12 views": {"features.views": 12},
     "24 views": {"features.views": 24},
-    # The other offline backbone, the recipe unchanged (a new feature cache, ~2x Lite0's passes).
+    # Each offline backbone, the recipe unchanged (a new feature cache); one of them is the
+    # config's own (configs/cifar.py: Lite2 since e1cb2dc; "Lite2 backbone" was run when it was Lite0).
+    "Lite0 backbone": {"model.backbone": "efficientnet_lite0"},
     "Lite2 backbone": {"model.backbone": "efficientnet_lite2"},
 }
 
