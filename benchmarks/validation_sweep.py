@@ -48,6 +48,7 @@ SWEEP = {
     "no latent instance term": {"loss.instance_weight": 0.0},
     "no code instance term": {"loss.code_instance_weight": 0.0},
     "instance terms x0.5": {"loss.instance_weight": 0.5, "loss.code_instance_weight": 0.5},
+    "instance terms x2": {"loss.instance_weight": 2.0, "loss.code_instance_weight": 2.0},
     "2,000 steps": {"train.steps": 2000},
     # More cached views per training image (a new feature cache: every view is extracted).
     "12 views": {"features.views": 12},
