@@ -38,7 +38,7 @@ M = [
  ("barrier returns before waiting", "nsh_jax/distributed.py", "  jax_distributed.global_state.client.wait_at_barrier(", "  return\n  jax_distributed.global_state.client.wait_at_barrier(", "tests/test_multiprocess.py::test_barrier_waits_for_the_late_process"),
  ("digits through scikit-learn's loader", "nsh_jax/input_pipeline.py", "  if os.path.exists(path):", "  if False:", "tests/test_paths.py::test_digits_read_without_sklearn_equal_sklearns_loader"),
  ("clean store shared across resolutions", "nsh_jax/feature_cache.py", '"image_size": int(ds.image_size), "normalization": ds.normalization, "format": 1}', '"normalization": ds.normalization, "format": 1}', "tests/test_paths.py::test_clean_store_is_shared_by_splits_views_and_seeds_only"),
- ("clean store read in store order", "nsh_jax/feature_cache.py", "(index[k.tobytes()] for k in keys)", "sorted(index[k.tobytes()] for k in keys)", "tests/test_feature_cache.py::test_another_split_of_the_same_images_computes_only_its_views"),
+ ("clean store read in store order", "nsh_jax/feature_cache.py", "(index[k.tobytes()] for k in ks)", "sorted(index[k.tobytes()] for k in ks)", "tests/test_feature_cache.py::test_another_split_of_the_same_images_computes_only_its_views"),
  ("cifar.py defaults to Lite0", "configs/cifar.py", 'def get_config(variant: str = "lite2"):', 'def get_config(variant: str = "lite0"):', "tests/test_paths.py::test_cifar_lite2_default_differs_from_lite0_only_in_the_backbone"),
  ("cifar.py:lite2 keeps Lite0", "configs/cifar.py", '    config.model.backbone = f"efficientnet_{variant}"\n', "", "tests/test_paths.py::test_cifar_lite2_default_differs_from_lite0_only_in_the_backbone"),
 ]

@@ -107,43 +107,51 @@ def store_dir(config, weights_digest: str) -> str:
   return os.path.join(cache_dir(config), f"{config.model.backbone}-clean-{digest}")
 
 
-def _from_store(folder: str, images: np.ndarray, chunk: int, fn: Callable,
-                progress: "_Progress") -> np.ndarray:
-  """``[n, F]`` clean features of ``images``: those in the store read, the others
-  computed ``chunk`` at a time by ``fn`` (zero-padded) and added to it, each chunk
-  one ``part-<digest>.npz`` (``keys [m, 16]``, ``features [m, F]``)."""
+def _from_store(folder: str, arrays, chunk: int, fn: Callable, progress: "_Progress"):
+  """``[[n_i, F], ...]`` clean features of each ``arrays[i]`` (images): those in the store
+  read (the store is read once for all of them), the others computed ``chunk`` at a time by
+  ``fn`` (zero-padded) and added to it, each chunk one ``part-<digest>.npz`` (``keys [m, 16]``,
+  ``features [m, F]``)."""
   os.makedirs(folder, exist_ok=True)
-  keys = image_keys(images)
+  keys = [image_keys(x) for x in arrays]
   index, parts = {}, []
   for name in sorted(os.listdir(folder)):
-    if name.startswith("part-") and name.endswith(".npz"):
+    if name.startswith("part-") and name.endswith(".npz") and ".tmp-" not in name:
       with np.load(os.path.join(folder, name)) as z:
         parts.append(z["features"])
         index.update((k.tobytes(), (len(parts) - 1, r)) for r, k in enumerate(z["keys"]))
-  first = {}
-  for i, k in enumerate(keys):
-    first.setdefault(k.tobytes(), i)
-  missing = [i for k, i in first.items() if k not in index]
-  progress.advance(len(images) - len(missing), False)
-  for lo in range(0, len(missing), chunk):
-    rows = np.asarray(missing[lo:lo + chunk])
-    feats = np.asarray(fn(pad_rows(images[rows], chunk)), np.float32)[:len(rows)]
-    part_keys = keys[rows]
-    name = f"part-{hashlib.sha256(part_keys.tobytes()).hexdigest()[:20]}.npz"
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, keys=part_keys, features=feats)
-    os.replace(tmp, os.path.join(folder, name))
-    parts.append(feats)
-    index.update((k.tobytes(), (len(parts) - 1, r)) for r, k in enumerate(part_keys))
-    progress.advance(len(rows), True)
-  if not len(images):
-    return np.zeros((0, parts[0].shape[1] if parts else 0), np.float32)
-  return np.stack([parts[p][r] for p, r in (index[k.tobytes()] for k in keys)])
+  first = {}  # key -> (array, row) of its first occurrence
+  for a, ks in enumerate(keys):
+    for r, k in enumerate(ks):
+      first.setdefault(k.tobytes(), (a, r))
+  missing = [[r for k, (b, r) in first.items() if b == a and k not in index]
+             for a in range(len(arrays))]
+  progress.advance(sum(len(x) for x in arrays) - sum(map(len, missing)), False)
+  # Chunks never mix arrays: the chunks of a cold extraction stay those each split was
+  # extracted in before the store was read once (so cached and fresh features agree).
+  for a, rows_a in enumerate(missing):
+    for lo in range(0, len(rows_a), chunk):
+      rows = np.asarray(rows_a[lo:lo + chunk])
+      feats = np.asarray(fn(pad_rows(arrays[a][rows], chunk)), np.float32)[:len(rows)]
+      part_keys = keys[a][rows]
+      name = f"part-{hashlib.sha256(part_keys.tobytes()).hexdigest()[:20]}.npz"
+      _write_atomic(os.path.join(folder, name), keys=part_keys, features=feats)
+      parts.append(feats)
+      index.update((k.tobytes(), (len(parts) - 1, r)) for r, k in enumerate(part_keys))
+      progress.advance(len(rows), True)
+  width = parts[0].shape[1] if parts else 0
+  return [np.stack([parts[p][r] for p, r in (index[k.tobytes()] for k in ks)]) if len(ks)
+          else np.zeros((0, width), np.float32) for ks in keys]
 
 
-def _write_atomic(path: str, array: np.ndarray) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, array)
+def _write_atomic(path: str, array: np.ndarray = None, **arrays) -> None:
+  """``array`` as ``.npy`` (or ``arrays`` as ``.npz``) at ``path``: a temp file, then a rename."""
+  if arrays:
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+  else:
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, array)
   os.replace(tmp, path)
 
 
@@ -228,7 +236,8 @@ def extract(config, splits, variables, folder: str, store: str, log=print) -> Fe
   if splits.train_rows is None:
     named.insert(0, ("train", splits.train_images))
   progress = _Progress(n_train * k_views + sum(x.shape[0] for _, x in named), log)
-  out = {name: _from_store(store, x, chunk, clean, progress) for name, x in named}
+  out = dict(zip([n for n, _ in named],
+                 _from_store(store, [x for _, x in named], chunk, clean, progress)))
   if progress.done > progress.computed:
     log(f"features: {progress.done - progress.computed} clean images found in {store}")
   if splits.train_rows is not None:
