@@ -1,7 +1,7 @@
 """The frozen-backbone table under an honest protocol: selection on validation, equal budgets, paired seeds.
 
-  python benchmarks/pretrained_table.py --config configs/cifar.py --workdir runs/paper_table \
-      --trials 4 --seeds 0 1 2 --out docs/paper_table.md
+  python benchmarks/pretrained_table.py --config configs/cifar.py --workdir runs/lite2_table \
+      --trials 4 --seeds 0 1 2 --out runs/lite2_table.md      # Lite2 (the default); :lite0 for Lite0
   python benchmarks/pretrained_table.py --config configs/cifar_prefix_pretrained.py \
       --val-per-class 50 --workdir runs/prefix_table --out docs/pretrained_table.md
 
