@@ -51,6 +51,8 @@ def get_config():
   # Validation queries per class (model selection; 0: none), from the database
   # outside the training images, evaluated against the database without them.
   config.dataset.val_queries_per_class = 0
+  # Multi-label data (no classes to balance): this many validation queries, drawn uniformly.
+  config.dataset.val_queries = 0
   # Shuffle the database rows (split seed): Hamming ties are broken by row order,
   # and a class-sorted database would bias mAP.
   config.dataset.shuffle_database = True
@@ -62,6 +64,9 @@ def get_config():
   augmentation(config, "natural")
 
   config.model = ml_collections.ConfigDict()
+  # What the trainable encoder reads (nsh_jax/encoder_input.py): 'images' (the backbone
+  # runs in every step) or 'features' (a frozen pretrained backbone's cached features).
+  config.model.input = "images"
   config.model.backbone = "small_cnn"
   config.model.pretrained = False
   config.model.frozen = False
@@ -72,9 +77,9 @@ def get_config():
   config.model.head_hidden = 0
   config.model.bf16 = False
 
-  # Frozen-backbone feature cache (nsh_jax/feature_cache.py): K > 0 augmented
-  # views per training image are extracted once and the heads train on them
-  # (needs model.frozen and model.pretrained); 0 runs the backbone every step.
+  # Frozen-backbone feature cache (nsh_jax/feature_cache.py), for model.input='features':
+  # K >= 2 augmented views per training image are extracted once and the heads train on
+  # them (needs model.frozen and model.pretrained).
   config.features = ml_collections.ConfigDict()
   config.features.views = 0
   config.features.seed = -1  # -1: config.seed (each training seed its own views)

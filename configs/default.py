@@ -10,6 +10,8 @@ ablations and three seeds, is in docs/first_run.md.
 
 from configs import base
 
+VARIANTS = tuple(base.AUGMENTATIONS)
+
 
 def get_config(preset: str = "digits"):
   config = base.augmentation(base.get_config(), preset)

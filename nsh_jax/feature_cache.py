@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nsh_jax import augment, models
-from nsh_jax.files import digest_arrays, format_duration, pad_rows
+from nsh_jax.files import digest_arrays, format_duration, map_chunks
 
 __all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "store_dir", "image_keys", "clean_features",
            "extract", "load_or_extract"]
@@ -130,15 +130,18 @@ def _from_store(folder: str, arrays, chunk: int, fn: Callable, progress: "_Progr
   # Chunks never mix arrays: the chunks of a cold extraction stay those each split was
   # extracted in before the store was read once (so cached and fresh features agree).
   for a, rows_a in enumerate(missing):
-    for lo in range(0, len(rows_a), chunk):
+    def add(batch, lo, a=a, rows_a=rows_a):
       rows = np.asarray(rows_a[lo:lo + chunk])
-      feats = np.asarray(fn(pad_rows(arrays[a][rows], chunk)), np.float32)[:len(rows)]
+      feats = np.asarray(fn(batch), np.float32)[:len(rows)]
       part_keys = keys[a][rows]
       name = f"part-{hashlib.sha256(part_keys.tobytes()).hexdigest()[:20]}.npz"
       _write_atomic(os.path.join(folder, name), keys=part_keys, features=feats)
       parts.append(feats)
       index.update((k.tobytes(), (len(parts) - 1, r)) for r, k in enumerate(part_keys))
       progress.advance(len(rows), True)
+      return feats
+    if rows_a:
+      map_chunks(add, arrays[a][np.asarray(rows_a)], chunk)
   width = parts[0].shape[1] if parts else 0
   return [np.stack([parts[p][r] for p, r in (index[k.tobytes()] for k in ks)]) if len(ks)
           else np.zeros((0, width), np.float32) for ks in keys]
@@ -198,30 +201,23 @@ def clean_features(config, variables) -> Callable:
   ``query``/``database`` features came from, so new images get the same features."""
   clean, _ = _jitted_backbone(config, variables)
   chunk = int(config.features.chunk)
-
-  def run(images: np.ndarray) -> np.ndarray:
-    out = []
-    for lo in range(0, images.shape[0], chunk):
-      rows = min(chunk, images.shape[0] - lo)
-      out.append(np.asarray(clean(pad_rows(images[lo:lo + chunk], chunk)), np.float32)[:rows])
-    return np.concatenate(out)
-  return run
+  return lambda images: map_chunks(lambda batch, lo: clean(batch), images, chunk).astype(
+      np.float32)
 
 
 def _chunks(folder: str, name: str, images: np.ndarray, chunk: int, fn: Callable,
             progress: _Progress) -> np.ndarray:
   """``fn(images[lo:hi] zero-padded to chunk, lo) -> [chunk, F]`` over all images, each
   chunk saved once (atomically) and read back on a rerun."""
-  parts = []
-  for c, lo in enumerate(range(0, images.shape[0], chunk)):
-    hi = min(lo + chunk, images.shape[0])
-    path = os.path.join(folder, f"{name}_{c:05d}.npy")
+  def one(batch, lo):
+    path = os.path.join(folder, f"{name}_{lo // chunk:05d}.npy")
+    rows = min(chunk, images.shape[0] - lo)
     computed = not os.path.exists(path)
     if computed:
-      _write_atomic(path, np.asarray(fn(pad_rows(images[lo:hi], chunk), lo), np.float32)[:hi - lo])
-    parts.append(np.load(path))
-    progress.advance(hi - lo, computed)
-  return np.concatenate(parts)
+      _write_atomic(path, np.asarray(fn(batch, lo), np.float32)[:rows])
+    progress.advance(rows, computed)
+    return np.load(path)
+  return map_chunks(one, images, chunk)
 
 
 def extract(config, splits, variables, folder: str, store: str, log=print) -> FeatureSet:

@@ -7,11 +7,12 @@ import hashlib
 import json
 import os
 import subprocess
+from typing import Callable
 
 import numpy as np
 
 __all__ = ["write_json", "read_json", "digest_arrays", "format_duration", "code_version",
-           "pad_rows"]
+           "map_chunks", "provenance"]
 
 
 def digest_arrays(*arrays, length: int = 16) -> str:
@@ -24,12 +25,18 @@ def digest_arrays(*arrays, length: int = 16) -> str:
   return h.hexdigest()[:length]
 
 
-def pad_rows(batch: np.ndarray, size: int) -> np.ndarray:
-  """``batch`` zero-padded to ``size`` rows (one compiled shape for every batch)."""
-  rows = batch.shape[0]
-  if rows >= size:
-    return batch
-  return np.concatenate([batch, np.zeros((size - rows,) + batch.shape[1:], batch.dtype)])
+def map_chunks(fn: Callable, x: np.ndarray, chunk: int) -> np.ndarray:
+  """``concatenate_i fn(x[lo_i:lo_i + chunk] zero-padded to chunk rows, lo_i)[:rows_i]``:
+  a batched function over all rows of ``x`` with one compiled shape for every call
+  (the one chunked-encoding loop: evaluation, feature extraction, new images)."""
+  out = []
+  for lo in range(0, x.shape[0], chunk):
+    part = x[lo:lo + chunk]
+    rows = part.shape[0]
+    if rows < chunk:
+      part = np.concatenate([part, np.zeros((chunk - rows,) + part.shape[1:], part.dtype)])
+    out.append(np.asarray(fn(part, lo))[:rows])
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def format_duration(seconds: float) -> str:
@@ -84,3 +91,18 @@ def _read_code_version() -> dict:
   except (OSError, subprocess.SubprocessError):
     pass
   return out
+
+
+def provenance(config, splits) -> dict:
+  """What a result was computed from: the full config, the code version and a digest
+  of the data as split (images and labels of train, query and database), the class
+  names and the split sizes -- so that no table reuses a run of another config or code."""
+  sizes = {"train": int(splits.train_labels.shape[0]), "query": int(splits.query_labels.shape[0]),
+           "database": int(splits.db_labels.shape[0]),
+           "validation": 0 if splits.val_rows is None else int(len(splits.val_rows))}
+  return {"config": config.to_dict(), "code_version": code_version(),
+          "data_digest": digest_arrays(splits.train_images, splits.train_labels,
+                                       splits.query_images, splits.query_labels,
+                                       splits.db_images, splits.db_labels),
+          "class_names": list(splits.class_names) if splits.class_names else None,
+          "split_sizes": sizes}

@@ -62,9 +62,10 @@ def _strip_top(names: Sequence[str]) -> str:
   return ""
 
 
-def _archive_members(path: str) -> Iterator[Tuple[str, object]]:
-  """``(member name, read())`` of an archive's image files (``read`` None for a
-  folder), in archive order: compressed tar streams are read once, never seeked back."""
+def _archive_members(path: str, keep=_is_image) -> Iterator[Tuple[str, object]]:
+  """``(member name, read())`` of an archive's files that ``keep`` (by name: image files)
+  (``read`` None for a folder), in archive order: compressed tar streams are read once,
+  never seeked back."""
   low = path.lower()
   if low.endswith(".zip"):
     try:
@@ -75,7 +76,7 @@ def _archive_members(path: str) -> Iterator[Tuple[str, object]]:
       for info in z.infolist():
         if info.is_dir():
           yield info.filename.rstrip("/"), None
-        elif _is_image(info.filename):
+        elif keep(info.filename):
           yield info.filename, _bytes(z.read, info)
     return
   try:
@@ -85,7 +86,7 @@ def _archive_members(path: str) -> Iterator[Tuple[str, object]]:
   with t:
     try:
       for member in t:
-        if member.isfile() and _is_image(member.name):
+        if member.isfile() and keep(member.name):
           yield member.name, _bytes(lambda m: t.extractfile(m).read(), member)
         elif member.isdir():
           yield member.name.rstrip("/"), None
@@ -124,27 +125,33 @@ def split_inner(path: str) -> Tuple[str, str]:
   return path, ""
 
 
-def list_image_files(path: str, folders: list = None) -> List[Tuple[str, object]]:
+def list_image_files(path: str, folders: list = None, extra: Sequence[str] = ()
+                     ) -> List[Tuple[str, object]]:
   """``(relative path with '/', read() -> bytes)`` of each image file under ``path``
   (directory: sorted walk, read when called; archive: archive order, already read),
   ``archive/inner/folder`` for one folder inside an archive; the folders seen are
-  appended to ``folders`` when one is given."""
+  appended to ``folders`` when one is given.  Files whose relative path is in ``extra``
+  (e.g. ``'train.txt'``) are listed too, after the images."""
   path, inner = split_inner(os.path.expanduser(path))
   if not os.path.exists(path):
     raise DataError(f"image folder or archive not found: {path}")
+  wanted = lambda name: _is_image(name) or (bool(extra) and name.rsplit("/", 1)[-1] in
+                                              {e.rsplit("/", 1)[-1] for e in extra})
   if os.path.isdir(path):
     members = _directory_files(path)
   elif path.lower().endswith(ARCHIVE_SUFFIXES):
-    members = _archive_members(path)
+    members = _archive_members(path, wanted)
   else:
     raise DataError(f"{path} is neither a directory nor an archive "
                     f"({', '.join(ARCHIVE_SUFFIXES)})")
-  listed, dirs = [], []
+  listed, others, dirs = [], [], []
   for name, read in members:
     if read is None:
       dirs.append(name)
     elif _is_image(name):
       listed.append((name, read))
+    elif wanted(name):
+      others.append((name, read))
   top = _strip_top([name for name, _ in listed])
   prefix = top + inner
   if inner:
@@ -152,7 +159,10 @@ def list_image_files(path: str, folders: list = None) -> List[Tuple[str, object]
       raise DataError(f"no image files under {inner} in {path}")
   if folders is not None:
     folders.extend(d[len(top):] for d in dirs if d.startswith(top) and d != top.rstrip("/"))
-  return [(name[len(prefix):], read) for name, read in listed if name.startswith(prefix)]
+  extra = set(extra)
+  return ([(name[len(prefix):], read) for name, read in listed if name.startswith(prefix)]
+          + [(name[len(prefix):], read) for name, read in others
+             if name.startswith(prefix) and name[len(prefix):] in extra])
 
 
 def iter_image_files(path: str, folders: list = None) -> Iterator[Tuple[str, bytes]]:

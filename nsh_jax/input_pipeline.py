@@ -12,8 +12,9 @@ validation queries -- split by ``dataset.protocol`` (:mod:`nsh_jax.protocol`).
   (:mod:`nsh_jax.image_folder`).
 * ``cifar10`` -- TFDS where it is prepared or can be downloaded, else the image
   folder at ``dataset.offline_copy``.
-* ``nus_wide`` / ``coco`` -- a user-provided directory with HashNet-style lists
-  (``train.txt``, ``test.txt``, ``database.txt``: ``relative/path.jpg 0 1 0 ...``).
+* ``lists:PATH`` -- multi-label HashNet lists (``train.txt``, ``database.txt``,
+  ``test.txt``: ``relative/path.jpg 0 1 0 ...``) and their images in a directory or
+  archive (:mod:`nsh_jax.image_lists`): NUS-WIDE, MS-COCO, Corel-5k, your own.
 
 Training batches are a pure function of ``(seed, step)`` (:func:`batch_indices`),
 so a resumed run sees exactly the data an uninterrupted one would.
@@ -30,7 +31,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from nsh_jax import image_folder
+from nsh_jax import image_folder, image_lists
 from nsh_jax.errors import DataError
 from nsh_jax.protocol import Splits, make_splits
 from nsh_jax.registry import Registry
@@ -173,35 +174,21 @@ def load_cifar10(config) -> Splits:
   return make_splits(ds, to_numpy(train), to_numpy(test), 10, class_names=names)
 
 
-def load_list_dir(config, name: str) -> Splits:
-  """NUS-WIDE / COCO from HashNet-style lists in ``dataset.data_dir``."""
-  data_dir, image_size = config.dataset.data_dir or None, int(config.dataset.image_size)
-  how = {"nus_wide": "NUS-WIDE-21 (HashNet lists: 10,500 train / 2,100 test)",
-         "coco": "MS-COCO (HashNet lists: 10,000 train / 5,000 test)"}[name]
-  if not data_dir or not os.path.isdir(data_dir):
-    raise DataError(f"{name} needs dataset.data_dir: a directory with train.txt, test.txt, "
-                    f"database.txt and the images they list ({how}); got {data_dir!r}")
-  from PIL import Image
-  out = {}
-  for split in ("train", "test", "database"):
-    lst = os.path.join(data_dir, f"{split}.txt")
-    if not os.path.exists(lst):
-      raise DataError(f"{name}: missing {lst} (lines 'relative/path.jpg 0 1 0 ...')")
-    paths, labels = [], []
-    with open(lst) as f:
-      for line in f:
-        parts = line.split()
-        if parts:
-          paths.append(parts[0])
-          labels.append([int(v) for v in parts[1:]])
-    if not paths:
-      raise DataError(f"{name}: {lst} lists no images")
-    imgs = np.stack([np.asarray(Image.open(os.path.join(data_dir, p)).convert("RGB")
-                                .resize((image_size, image_size))) for p in paths])
-    out[split] = (imgs.astype(np.uint8), np.asarray(labels, np.int32))
-  labels = out["train"][1]
-  return make_splits(config.dataset, out["train"], out["test"], labels.shape[1],
-                     out["database"])
+def load_lists(config, path: str) -> Splits:
+  """Multi-label HashNet lists and their images in a directory or archive
+  (:mod:`nsh_jax.image_lists`); the lists define the protocol (``'standard'``)."""
+  path = path or config.dataset.data_dir
+  if not path:
+    raise DataError("dataset.name='lists:PATH' needs PATH (or dataset.data_dir): a directory "
+                    "or archive with train.txt, database.txt, test.txt and the images they list")
+  if config.dataset.protocol != "standard":
+    raise DataError(f"dataset.protocol={config.dataset.protocol!r}: list datasets define their "
+                    f"own protocol (test.txt queries database.txt); use 'standard'")
+  data, classes = image_lists.read_list_dataset(os.path.expanduser(path),
+                                                int(config.dataset.image_size))
+  names = {s: v[2] for s, v in data.items()}
+  return make_splits(config.dataset, data["train"][:2], data["test"][:2],
+                     data["train"][1].shape[1], data["database"][:2], classes, names)
 
 
 DATASETS = Registry("dataset", "dataset.name")
@@ -209,8 +196,7 @@ DATASETS.register("digits")(lambda config, arg: load_digits(config))
 DATASETS.register("npz")(lambda config, path: load_npz(config, os.path.expanduser(path)))
 DATASETS.register("folder")(lambda config, path: load_folder(config, os.path.expanduser(path)))
 DATASETS.register("cifar10")(lambda config, arg: load_cifar10(config))
-DATASETS.register("nus_wide")(lambda config, arg: load_list_dir(config, "nus_wide"))
-DATASETS.register("coco")(lambda config, arg: load_list_dir(config, "coco"))
+DATASETS.register("lists")(lambda config, path: load_lists(config, path))
 
 
 def split_name(name: str) -> Tuple[str, str]:
@@ -224,8 +210,8 @@ def load(config) -> Splits:
   kind, arg = split_name(config.dataset.name)
   if kind not in DATASETS:
     raise DataError(f"unknown dataset.name {config.dataset.name!r}; use one of "
-                    f"{', '.join(n for n in DATASETS.names() if n not in ('npz', 'folder'))}, "
-                    f"npz:/path/file.npz or folder:/path/to/images")
+                    f"{', '.join(n for n in DATASETS.names() if n not in ('npz', 'folder', 'lists'))}, "
+                    f"npz:/path/file.npz, folder:/path/to/images or lists:/path/to/lists")
   return DATASETS.get(kind)(config, arg)
 
 

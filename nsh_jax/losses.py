@@ -56,14 +56,11 @@ def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
 
       L = mean_{i, k<=m} -log( e^{c_ik} / (e^{c_ik} + sum_{r>m} e^{c_ir}) )
 
-  ``E`` is never formed: ``c_ir = sum_j P_i[r, j] <zb_j, za_i> / temperature``,
-  and ``P_i`` is applied to that row of inner products without being formed
-  either (the kernel of :func:`nsh_jax.sorting.soft_sort_apply`).  With the
-  default sorter the whole loss is one custom VJP over the codes and latents
-  that handles the anchors in chunks of ``rows`` (64 on CPU): neither ``s`` nor
-  the inner products exist as ``[n, n]`` arrays, the forward keeps only its
-  inputs, and the backward recomputes each chunk (same values and tie-correct
-  gradients as autodiff through ``soft_sort_apply`` + :func:`ranked_nce`).
+  ``E`` and ``P_i`` are never formed: ``c_ir = sum_j P_i[r, j] <zb_j, za_i> / T``
+  is the kernel of :func:`nsh_jax.sorting.soft_sort_apply` applied to a row of inner
+  products.  With the default sorter the loss is one custom VJP over anchors in
+  chunks (nothing ``[n, n]``; the backward recomputes each chunk; the values and
+  tie-correct gradients of autodiff through ``soft_sort_apply`` + :func:`ranked_nce`).
 
   Args:
     codes_a: ``[n, d]`` relaxed codes of the anchors (e.g. ``tanh`` outputs).
@@ -72,8 +69,8 @@ def sorted_nce(codes_a: jax.Array, codes_b: jax.Array, latents_a: jax.Array,
     latents_b: ``[n, d_z]`` candidate latents.
     num_positives: ``m``, the number of top ranks treated as positives.
     temperature: contrastive temperature.
-    sort_temperature: SoftSort temperature in similarity units; ``None`` means
-      ``1/d`` (one Hamming bit).
+    sort_temperature: SoftSort temperature in similarity units (the OT sorter's
+      entropic epsilon); ``None`` means ``1/d`` (one Hamming bit).
     sorter: ``'softsort'`` (exact fast path, default) or ``'ott'``.
 
   Returns:
@@ -126,7 +123,7 @@ def ranked_nce(logits: jax.Array, num_positives: int) -> jax.Array:
 # SortedNCE with SoftSort as one custom VJP over (codes, latents) that never holds an
 # [n, n] array: anchors go in chunks (a lax.scan), each chunk forming its own [n, rows]
 # similarities and latent inner products (candidates first: the layout the sorting
-# kernels vectorise), sorting them, applying the soft sort (sorting._sorted_apply_fwd)
+# kernels vectorise), sorting them, applying the soft sort (sorting.sorted_apply_fwd)
 # and the ranked NCE.  The forward keeps only its inputs; the
 # backward recomputes each chunk and turns the chunk's [rows, n] cotangents straight into
 # code and latent cotangents (small matmuls), so memory is O(rows * n + n * d) in forward
@@ -161,11 +158,11 @@ def _chunk_forward(ca, za, cb, zb, tau_s, temperature, m, order=None):
   first).  ``order``: the chunk's sort order if the forward kept it (else sorted here)."""
   sim = sorting.hamming_similarity(cb, ca)  # [n, c]: s_ij at [j, i]
   dots = jnp.einsum("jd,id->ji", zb, za, precision=_HI)  # <za_i, zb_j> at [j, i]
-  order = (sorting._argsort_desc(sim, axis=0) if order is None
+  order = (sorting.argsort_desc(sim, axis=0) if order is None
            else order.astype(jnp.int32))
   x = jnp.take_along_axis(sim, order, axis=0)
   v = jnp.take_along_axis(dots, order, axis=0)
-  out, residuals = sorting._sorted_apply_fwd(x, v, tau_s)
+  out, residuals = sorting.sorted_apply_fwd(x, v, tau_s)
   logits = out / temperature
   return _ranked_nce_by_rank(logits, m), (order, residuals, logits)
 
@@ -219,7 +216,7 @@ def _fused_bwd(m, residuals, g):
                                              order_c)
     g_logits = jax.vjp(lambda l: _ranked_nce_by_rank(l, m), logits)[1](w)[0]
     d_temp = d_temp - jnp.sum(g_logits * logits) / temperature  # logits = out / T
-    d_x, d_v, d_tau = sorting._sorted_apply_bwd(res, g_logits / temperature)
+    d_x, d_v, d_tau = sorting.sorted_apply_bwd(res, g_logits / temperature)
     # From rank order back to candidate order: the inverse permutation, then gathers.
     iota = jax.lax.broadcasted_iota(order.dtype, order.shape, 0)
     inverse = jnp.zeros_like(order).at[order, jnp.arange(order.shape[1])].set(iota)

@@ -21,6 +21,7 @@ weights converted from ``tf.keras.applications`` by :func:`load_keras_weights`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -28,13 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nsh_jax import efficientnet, xla_cpu
+from nsh_jax import efficientnet
 from nsh_jax.codes import l2_normalize
 from nsh_jax.registry import Registry
 
 __all__ = ["BACKBONES", "Backbone", "HashEncoder", "BackboneOnly", "heads", "SmallCNN", "VGG16", "ResNet50", "Conv3x3",
-           "Patchify", "GroupNorm", "group_norm", "max_pool_2x2", "conv3x3_patches",
-           "load_keras_weights", "convert_keras_weights", "keras_backbone"]
+           "Patchify", "GroupNorm", "group_norm", "max_pool_2x2", "pretrained_backbone",
+           "with_backbone", "feature_width", "load_keras_weights", "convert_keras_weights",
+           "keras_backbone"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,28 +55,8 @@ class Backbone:
 BACKBONES = Registry("backbone", "model.backbone")
 
 
-def conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 'SAME' stride-1 convolution as one matmul over the 9 shifted copies.
-
-  Same result as ``lax.conv_general_dilated`` (NHWC/HWIO).  When XLA:CPU sends
-  convolutions to YNNPACK (its default, see :mod:`nsh_jax.xla_cpu`) this is the
-  faster form; with those fusions off XLA's own convolution is
-  (``benchmarks/conv_layers.py``, BENCHMARKS.md).
-  """
-  n, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  cols = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], -1)
-  return (cols.reshape(-1, 9 * c) @ kernel.reshape(9 * c, -1)).reshape(n, h, w, -1)
-
-
-def use_patches() -> bool:
-  """Conv3x3 computes by :func:`conv3x3_patches` only on XLA:CPU with YNNPACK convolutions."""
-  return jax.default_backend() == "cpu" and xla_cpu.ynn_convolutions_on()
-
-
 class Conv3x3(nn.Module):
-  """``nn.Conv(features, (3, 3))`` with the same parameters (``kernel`` HWIO,
-  ``bias``); computes by :func:`conv3x3_patches` where :func:`use_patches`.
+  """``nn.Conv(features, (3, 3))`` with the same parameters (``kernel`` HWIO, ``bias``).
 
   ``add_bias=False`` returns the convolution without its bias, for a caller
   that adds it more cheaply (:class:`GroupNorm`'s ``shift``)."""
@@ -87,11 +69,8 @@ class Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if use_patches():
-      y = conv3x3_patches(x, kernel)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias.astype(self.dtype) if add_bias else y
 
 
@@ -279,10 +258,12 @@ class ResNet50(nn.Module):
 class HashEncoder(nn.Module):
   """Backbone + hash head (``bits`` pre-activations, tanh codes) + latent head.
 
-  ``frozen`` stops gradients at the backbone's output (a frozen pretrained
-  feature extractor, as in the NSH reimplementations).
+  ``backbone`` names a registered backbone that reads images; ``None`` makes the
+  heads read their input as features ``[n, F]`` (cached features of a frozen
+  backbone, :mod:`nsh_jax.encoder_input`).  ``frozen`` stops gradients at the
+  backbone's output (a frozen pretrained feature extractor).
   """
-  backbone: str = "small_cnn"
+  backbone: Optional[str] = "small_cnn"
   bits: int = 64
   latent_dim: int = 128
   frozen: bool = False
@@ -290,8 +271,10 @@ class HashEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    feats = BACKBONES.get(self.backbone).build(images, train and not self.frozen, self.dtype)
+  def __call__(self, x, train: bool = False):
+    feats = x
+    if self.backbone is not None:
+      feats = BACKBONES.get(self.backbone).build(x, train and not self.frozen, self.dtype)
     if self.frozen:
       feats = jax.lax.stop_gradient(feats)
     return heads(feats.astype(jnp.float32), self.bits, self.latent_dim, self.head_hidden)
@@ -330,8 +313,6 @@ BACKBONES.register("vgg16")(Backbone(
     build=lambda x, train, dtype: VGG16(include_fc=x.shape[1] == 224, dtype=dtype,
                                         name="backbone")(x),
     load_pretrained=lambda variables: load_keras_weights(variables, "vgg16")))
-# Cached frozen-backbone features as input (nsh_jax/feature_cache.py): the heads alone.
-BACKBONES.register("features")(Backbone(build=lambda x, train, dtype: x))
 for _variant in efficientnet.VARIANTS:  # efficientnet_lite0, efficientnet_lite2
   BACKBONES.register(f"efficientnet_{_variant}")(Backbone(
       build=lambda x, train, dtype, v=_variant: efficientnet.EfficientNetLite(
@@ -340,6 +321,34 @@ for _variant in efficientnet.VARIANTS:  # efficientnet_lite0, efficientnet_lite2
 BACKBONES.register("resnet50")(Backbone(
     build=lambda x, train, dtype: ResNet50(dtype=dtype, name="backbone")(x, train),
     load_pretrained=lambda variables: load_keras_weights(variables, "resnet50")))
+
+
+
+
+@functools.lru_cache(maxsize=2)
+def pretrained_backbone(name: str, image_size: int) -> dict:
+  """The registered backbone ``name`` with its pretrained weights, as the variables of
+  :class:`BackboneOnly` (``{'params': {'backbone': ...}, ...}``): the one place weights
+  are loaded (cached: a run asks for them more than once)."""
+  variables = jax.jit(BackboneOnly(name).init)(
+      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+  return BACKBONES.get(name).load_pretrained(variables)
+
+
+def with_backbone(variables: dict, backbone: dict) -> dict:
+  """``variables`` (a :class:`HashEncoder`'s) with their ``'backbone'`` subtrees from
+  ``backbone`` (:func:`pretrained_backbone`)."""
+  import flax
+  variables = flax.core.unfreeze(variables)
+  for collection, tree in backbone.items():
+    variables[collection]["backbone"] = tree["backbone"]
+  return variables
+
+
+def feature_width(name: str, image_size: int, variables: dict) -> int:
+  """``F``, the width of backbone ``name``'s features at ``image_size`` (no compute)."""
+  return jax.eval_shape(lambda v: BackboneOnly(name).apply(
+      v, jnp.zeros((1, image_size, image_size, 3), jnp.float32)), variables).shape[-1]
 
 
 # ------------------------------------------------------------- Keras weights

@@ -13,11 +13,11 @@ import zipfile
 import jax
 import numpy as np
 
-from nsh_jax import (checkpoints, config_checks, evaluation, feature_cache, householder,
-                     image_folder, image_index, input_pipeline, metrics, models, retrieval,
+from nsh_jax import (checkpoints, config_checks, encoder_input, evaluation, householder,
+                     image_folder, image_index, input_pipeline, metrics, retrieval,
                      state as state_lib, train)
-from nsh_jax.errors import ConfigError, DataError
-from nsh_jax.files import code_version, digest_arrays, read_json, write_json
+from nsh_jax.errors import DataError
+from nsh_jax.files import code_version, digest_arrays, provenance, read_json, write_json
 from nsh_jax.registry import Registry
 
 __all__ = ["MODES", "restore_trained", "load_images", "trained_encoder"]
@@ -25,17 +25,14 @@ __all__ = ["MODES", "restore_trained", "load_images", "trained_encoder"]
 MODES = Registry("mode")
 
 
-def restore_trained(config, workdir: str, input_shape=None, backbone=None):
-  """``(state, mesh)`` from the newest readable checkpoint of a trained ``workdir``
-  (``input_shape``/``backbone`` as :func:`train.model_inputs` gives them)."""
+def restore_trained(config, workdir: str, inputs: encoder_input.EncoderInput):
+  """``(state, mesh)`` from the newest readable checkpoint of a trained ``workdir``."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first "
                             f"(python main.py --config=... --workdir={workdir})")
   mesh = state_lib.make_mesh()
-  size = config.dataset.image_size
   state = jax.device_put(
-      state_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
-                                   input_shape or (size, size, 3), backbone),
+      state_lib.create_train_state(config, jax.random.PRNGKey(config.seed), inputs),
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   state, step = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), state)
   if step is None:
@@ -63,44 +60,29 @@ def _has_images(path: str) -> bool:
     return False  # load_index reports what is wrong with it
 
 
-def _splits_and_trained(config, workdir: str):
-  """``(eval splits, state, mesh, encode_fn, reference)`` for a mode that evaluates a
-  trained ``workdir``: on images, or on the feature cache when training used it;
-  ``reference`` is what :func:`evaluation.evaluate` takes for the baselines."""
+def _trained_on_splits(config, workdir: str):
+  """``(inputs, state, mesh)`` for a mode that evaluates a trained ``workdir`` on its
+  dataset (the feature cache, when training used it)."""
   config_checks.validate(config, jax.device_count())
-  splits = input_pipeline.load(config)
-  inputs = train.model_inputs(config, splits)
-  state, mesh = restore_trained(config, workdir, inputs.shape, inputs.backbone)
-  reference = (splits, train.reference_features(config, inputs, splits, state, mesh))
-  return (inputs.eval_splits, state, mesh,
-          evaluation.make_encode_fn(config, mesh, images=inputs.images), reference)
+  inputs = encoder_input.create(config, input_pipeline.load(config))
+  return (inputs,) + restore_trained(config, workdir, inputs)
 
 
 def trained_encoder(config, workdir: str):
   """``(encode, model digest)`` of a trained ``workdir``: ``encode(images_u8 [n, H, W, 3])
-  -> [n, max_bits]`` continuous codes, for any run -- a frozen-backbone run on cached
-  features rebuilds its backbone from the weights and applies the checkpoint's heads.
-  The digest covers the parameters, the quantizer and the input preparation."""
-  if config.features.views:
-    variables, _ = train.backbone_variables(config)
-    size = config.dataset.image_size
-    width = jax.eval_shape(lambda v: models.BackboneOnly(config.model.backbone).apply(
-        v, np.zeros((1, size, size, 3), np.float32)), variables).shape[-1]
-    state, mesh = restore_trained(config, workdir, (width,), "features")
-    backbone = feature_cache.clean_features(config, variables)
-    heads = evaluation.make_encode_fn(config, mesh, images=False)
-    encode = lambda images: evaluation.encode_images(heads, state, backbone(images), mesh)
-  else:
-    state, mesh = restore_trained(config, workdir)
-    fn = evaluation.make_encode_fn(config, mesh)
-    encode = lambda images: evaluation.encode_images(fn, state, images, mesh)
-  extra = [np.frombuffer(repr((config.model.backbone, config.dataset.image_size,
-                               config.dataset.normalization, config.quantizer)).encode(), np.uint8)]
+  -> [n, max_bits]`` continuous codes, end to end (a run on cached features rebuilds its
+  frozen backbone and applies the checkpoint's heads), without loading the dataset.
+  The digest covers the parameters, the quantizer and the encoder input."""
+  inputs = encoder_input.create(config)
+  state, mesh = restore_trained(config, workdir, inputs)
+  encoder = encoder_input.Encoder(inputs, mesh)
+  extra = [np.frombuffer(f"{inputs.digest} {config.quantizer}".encode(), np.uint8)]
   qpath = os.path.join(workdir, "codes", "quantizer.npz")
   if config.quantizer != "sign" and os.path.exists(qpath):
     with open(qpath, "rb") as f:
       extra.append(np.frombuffer(f.read(), np.uint8))
-  return encode, digest_arrays(*jax.tree.leaves(jax.device_get(state.params)), *extra)
+  return (lambda images: encoder.images(state, images),
+          digest_arrays(*jax.tree.leaves(jax.device_get(state.params)), *extra))
 
 
 def _encode(config, workdir, images) -> np.ndarray:
@@ -118,10 +100,9 @@ def train_mode(config, workdir, options):
 def evaluate_mode(config, workdir, options):
   del options
   code_version()  # read at the start (see files.code_version)
-  splits, state, mesh, encode, reference = _splits_and_trained(config, workdir)
-  result = evaluation.evaluate(config, state, splits, mesh, workdir=workdir, encode_fn=encode,
-                               reference=reference)
-  result.update(train.provenance(config, reference[0]))
+  inputs, state, mesh = _trained_on_splits(config, workdir)
+  result = evaluation.evaluate(config, state, inputs, mesh, workdir=workdir, reference=True)
+  result.update(provenance(config, inputs.splits))
   path = os.path.join(workdir, "metrics.json")
   if jax.process_index() == 0:
     write_json(path, _with_training_record(path, result))
@@ -227,9 +208,9 @@ def quantize_mode(config, workdir, options):
   """Sign vs ITQ vs H2Q (``eval.quantizers``) on the trained model's continuous outputs, one
   table row per length."""
   del options
-  splits, state, mesh, encode, _ = _splits_and_trained(config, workdir)
-  tr, qe, de = (evaluation.encode_images(encode, state, x, mesh)
-                for x in (splits.train_images, splits.query_images, splits.db_images))
+  inputs, state, mesh = _trained_on_splits(config, workdir)
+  splits, encoder = inputs.splits, encoder_input.Encoder(inputs, mesh)
+  tr, qe, de = (encoder(state, inputs.split(w)) for w in ("train", "query", "database"))
   top_k = config.eval.top_k or None
   names = list(config.eval.get("quantizers", ("sign", "itq", "h2q")))
   print("| bits | " + " | ".join(f"{n} mAP@{top_k or 'all'}" for n in names) + " |")

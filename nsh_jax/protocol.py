@@ -6,18 +6,19 @@ becomes a :class:`Splits` by ``dataset.protocol``, seeded by ``dataset.split_see
 
 * ``'standard'`` -- the test split are the queries; the database is the
   ``database`` split if there is one, else the train split; the encoder trains on
-  the train split.
+  the train split (whose images, where they are database images by file name, as in
+  the HashNet lists, are those database rows).
 * ``'paper'`` -- the unsupervised-hashing protocol of NSH / CIBHash / BiHalf on
   CIFAR-10: ``queries_per_class`` queries per class from the test split; the rest
   of the test split, the train split (and a ``database`` split) form the database;
   ``train_per_class`` training images per class drawn from the database.
 
-**Validation queries** (``val_queries_per_class > 0``): that many per class drawn
-from the database rows outside the training images (``'paper'``), or, where every
-database row trains (``'standard'`` without a database split), from the training
-images, which then no longer train.  They are evaluated against the database
-without them (:func:`validation_view`).  Model selection reads these; the test
-queries are for the final table.
+**Validation queries** (``val_queries_per_class > 0``; for multi-label data, which has no
+classes to balance, ``val_queries > 0`` drawn uniformly): drawn by the split seed from the
+database rows outside the training images, or, where every database row trains, from the
+training images, which then no longer train -- never from the test queries.  They are
+evaluated against the database without them (:func:`validation_view`).  Model selection
+reads these; the test queries are for the final table.
 
 **Database order.**  Hamming ranking breaks ties by database position, and
 folders are read class by class, so the database is shuffled by the split seed
@@ -83,65 +84,85 @@ def _has(labels: np.ndarray, rows: np.ndarray, per_class: int) -> bool:
   return bool(np.all(counts[np.unique(labels)] >= per_class))
 
 
+def _rows_of(names: Optional[Sequence[str]], among: Optional[Sequence[str]]):
+  """Positions of ``names`` in ``among`` when every one is there (else ``None``)."""
+  if names is None or among is None:
+    return None
+  where = {n: i for i, n in enumerate(among)}
+  return np.asarray([where[n] for n in names]) if all(n in where for n in names) else None
+
+
+def _paper(ds, train, test, database, names, rng):
+  """The paper protocol: ``(queries, database, database names, train_rows)``."""
+  (tr_x, tr_y), (te_x, te_y) = train, test
+  q = balanced_pick(te_y, int(ds.queries_per_class), rng)
+  rest = np.setdiff1d(np.arange(len(te_y)), q)
+  parts = [(tr_x, tr_y, names.get("train")), (te_x[rest], te_y[rest],
+           None if names.get("test") is None else [names["test"][i] for i in rest])]
+  if database is not None:
+    parts.append(tuple(database) + (names.get("database"),))
+  db = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+  db_n = None if any(p[2] is None for p in parts) else [n for p in parts for n in p[2]]
+  return (te_x[q], te_y[q]), db, db_n, balanced_pick(db[1], int(ds.train_per_class), rng)
+
+
+def _standard(train, test, database, names):
+  """The standard protocol: the test split queries the ``database`` split (else the train
+  split); training images that are database images (by file name) are database rows."""
+  if database is None:
+    return test, train, names.get("train"), np.arange(len(train[1]))
+  return test, database, names.get("database"), _rows_of(names.get("train"),
+                                                         names.get("database"))
+
+
+def _validation(ds, db_y, train_rows, rng):
+  """``(val_rows, train_rows)``: validation queries from the database outside training, or,
+  where every database row trains, from the training rows (which then no longer train)."""
+  multi = db_y.ndim == 2
+  per, total = int(ds.val_queries_per_class), int(ds.get("val_queries", 0))
+  if multi and per:
+    raise DataError("dataset.val_queries_per_class draws per class; multi-label data has no "
+                    "classes to balance: set dataset.val_queries (a number of queries) instead")
+  if not (total if multi else per):
+    return None, train_rows
+  outside = (np.arange(len(db_y)) if train_rows is None
+             else np.setdiff1d(np.arange(len(db_y)), train_rows))
+  if multi:  # uniform over rows: label-agnostic
+    pick = lambda among: np.sort(rng.choice(among, total, replace=False))
+    enough = lambda among: len(among) >= total
+  else:
+    pick = lambda among: balanced_pick(db_y, per, rng, among)
+    enough = lambda among: len(among) > 0 and _has(db_y, among, per)
+  if enough(outside):
+    return pick(outside), train_rows
+  if train_rows is not None and enough(train_rows):
+    val_rows = pick(train_rows)
+    return val_rows, train_rows[~np.isin(train_rows, val_rows)]
+  want = f"{total} validation queries" if multi else f"{per} validation queries per class"
+  raise DataError(f"too few database images outside training for {want}")
+
+
 def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
                 num_classes: int, database: Optional[tuple] = None,
                 class_names: Optional[Sequence[str]] = None,
                 names: Optional[dict] = None) -> Splits:
   """:class:`Splits` of ``(images, labels)`` pairs under ``ds`` = ``config.dataset``
   (``protocol``, ``split_seed``, ``queries_per_class``, ``train_per_class``,
-  ``val_queries_per_class``, ``shuffle_database``); ``names`` optionally maps
-  ``'train'``/``'test'``/``'database'`` to each image's file name."""
+  ``val_queries_per_class`` / ``val_queries``, ``shuffle_database``); ``names`` optionally
+  maps ``'train'``/``'test'``/``'database'`` to each image's file name."""
   if ds.protocol not in PROTOCOLS:
     raise DataError(f"config.dataset.protocol={ds.protocol!r} is not one of {PROTOCOLS}")
   names = names or {}
   rng = np.random.default_rng([int(ds.split_seed), 0x5EED])
-  (tr_x, tr_y), (te_x, te_y) = train, test
-  multi = np.asarray(tr_y).ndim == 2
   if ds.protocol == "paper":
-    if multi:
+    if np.asarray(train[1]).ndim == 2:
       raise DataError("dataset.protocol='paper' draws per class; multi-label data needs "
                       "'standard' (its lists say which images are queries)")
-    q = balanced_pick(te_y, int(ds.queries_per_class), rng)
-    rest = np.setdiff1d(np.arange(len(te_y)), q)
-    parts = [(tr_x, tr_y, names.get("train")), (te_x[rest], te_y[rest],
-             None if names.get("test") is None else [names["test"][i] for i in rest])]
-    if database is not None:
-      parts.append(database + (names.get("database"),))
-    db_x = np.concatenate([p[0] for p in parts])
-    db_y = np.concatenate([p[1] for p in parts])
-    db_n = (None if any(p[2] is None for p in parts) else
-            [n for p in parts for n in p[2]])
-    q_x, q_y = te_x[q], te_y[q]
-    train_rows = balanced_pick(db_y, int(ds.train_per_class), rng)
-    trains_on_db = True
+    (q_x, q_y), (db_x, db_y), db_n, train_rows = _paper(ds, train, test, database, names, rng)
   else:
-    q_x, q_y = te_x, te_y
-    if database is not None:
-      db_x, db_y = database
-      db_n = names.get("database")
-      train_rows = None  # the train split is its own
-      trains_on_db = False
-    else:
-      db_x, db_y, db_n = tr_x, tr_y, names.get("train")
-      train_rows = np.arange(len(db_y))
-      trains_on_db = True
-  val_rows = None
-  per = int(ds.val_queries_per_class)
-  if per:
-    if multi:
-      raise DataError("dataset.val_queries_per_class draws per class; multi-label data has "
-                      "no classes to balance (set it to 0)")
-    outside = (np.arange(len(db_y)) if train_rows is None
-               else np.setdiff1d(np.arange(len(db_y)), train_rows))
-    if len(outside) and _has(db_y, outside, per):
-      val_rows = balanced_pick(db_y, per, rng, outside)
-    elif trains_on_db:  # every database row trains: validation takes some of them
-      val_rows = balanced_pick(db_y, per, rng, train_rows)
-      train_rows = train_rows[~np.isin(train_rows, val_rows)]
-    else:
-      raise DataError(f"too few database images outside training for "
-                      f"{per} validation queries per class")
+    (q_x, q_y), (db_x, db_y), db_n, train_rows = _standard(train, test, database, names)
   db_x, db_y = np.asarray(db_x), np.asarray(db_y).astype(np.int32)
+  val_rows, train_rows = _validation(ds, db_y, train_rows, rng)
   if ds.shuffle_database:
     perm = rng.permutation(len(db_y))  # new row r holds old row perm[r]
     where = np.empty_like(perm)
@@ -153,7 +174,7 @@ def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray
   if train_rows is not None:
     t_x, t_y = db_x[train_rows], db_y[train_rows]
   else:
-    t_x, t_y = tr_x, np.asarray(tr_y).astype(np.int32)
+    t_x, t_y = train[0], np.asarray(train[1]).astype(np.int32)
   return Splits(t_x, t_y, q_x, np.asarray(q_y).astype(np.int32), db_x, db_y, int(num_classes),
                 tuple(class_names) if class_names is not None else None, train_rows,
                 val_rows, tuple(db_n) if db_n is not None else None)

@@ -37,8 +37,8 @@ import numpy as np
 
 from nsh_jax.registry import Registry
 
-__all__ = ["SORTERS", "hamming_similarity", "soft_sort", "soft_sort_apply",
-           "ott_soft_permutation", "sort_gather"]
+__all__ = ["SORTERS", "hamming_similarity", "soft_sort", "soft_sort_apply", "argsort_desc",
+           "sorted_apply_fwd", "sorted_apply_bwd", "ott_soft_permutation", "sort_gather"]
 
 # name -> fn(scores [..., n], values [..., n], temperature) -> [..., n] by rank.
 SORTERS = Registry("sorter", "loss.sorter")
@@ -128,7 +128,7 @@ def _bitonic_argsort_desc(keys: jax.Array, axis: int = -1) -> jax.Array:
 _NETWORK_MAX_N = 4096
 
 
-def _argsort_desc(scores: jax.Array, axis: int = -1) -> jax.Array:
+def argsort_desc(scores: jax.Array, axis: int = -1) -> jax.Array:
   """Descending order along ``axis``: the sorting network on CPU for ``n <= 4096``,
   XLA's sort otherwise (TPU/GPU sorts are already data-parallel)."""
   if jax.default_backend() == "cpu" and scores.shape[axis] <= _NETWORK_MAX_N:
@@ -234,19 +234,24 @@ def _run_mean(values: jax.Array, first: jax.Array, last: jax.Array) -> jax.Array
 def _sorted_apply(x: jax.Array, v: jax.Array, temperature: jax.Array) -> jax.Array:
   """``out[p] = sum_q v_q k(x_p, x_q) / sum_q k(x_p, x_q)`` for ``x`` ``[n, ...]`` sorted
   descending along axis 0, ``k(a, b) = exp(-|a - b| / tau)``; ``[n, ...]`` -> ``[n, ...]``."""
-  return _sorted_apply_fwd(x, v, temperature)[0]
+  return sorted_apply_fwd(x, v, temperature)[0]
 
 
-def _sorted_apply_fwd(x, v, temperature):
+def sorted_apply_fwd(x, v, temperature):
+  """The forward of the sorted kernel apply on ``x`` ``[n, ...]`` sorted descending along
+  axis 0: ``(out, residuals)`` with ``out[p] = sum_q v_q k(x_p, x_q) / sum_q k(x_p, x_q)``
+  (what :func:`soft_sort_apply` computes after sorting; the fused SortedNCE calls it per
+  chunk of anchors)."""
   link, left, right = _kernel_scans(x, (v, jnp.ones_like(v)), temperature)
   sum_v, norm = _full_sums(link, left, right)
   out = sum_v / norm  # the normaliser is >= 1: every point sees itself
   return out, (x, v, temperature, link, left, right, out, norm)
 
 
-def _sorted_apply_bwd(residuals, g):
-  # The symmetric subgradient (the tie contract of soft_sort_apply), in closed
-  # form.  With w_r = g_r / K1_r, dL/dk(r, q) = w_r (v_q - out_r), and
+def sorted_apply_bwd(residuals, g):
+  """``(d_x, d_v, d_tau)`` from :func:`sorted_apply_fwd`'s residuals and the cotangent
+  ``g`` of ``out``: the tie contract of :func:`soft_sort_apply`, in closed form."""
+  # With w_r = g_r / K1_r, dL/dk(r, q) = w_r (v_q - out_r), and
   #   dk/dt_r = -sign(t_r - x_q) k / tau,   dk/dx_q = +sign(t_r - x_q) k / tau,
   # sign(0) = 0 (tied pairs contribute nothing).  Writing A_u / B_u for kernel
   # sums of u over strictly larger / smaller values:
@@ -269,7 +274,7 @@ def _sorted_apply_bwd(residuals, g):
   return d_x, d_v, jnp.reshape(d_tau, jnp.shape(tau)).astype(jnp.result_type(tau))
 
 
-_sorted_apply.defvjp(_sorted_apply_fwd, _sorted_apply_bwd)
+_sorted_apply.defvjp(sorted_apply_fwd, sorted_apply_bwd)
 
 
 def soft_sort_apply(scores: jax.Array, values: jax.Array,
@@ -303,7 +308,7 @@ def soft_sort_apply(scores: jax.Array, values: jax.Array,
   # The kernels take the rank axis first.  The order itself carries no gradient;
   # the sorted values and the values gathered in that order do.
   scores, values = jnp.moveaxis(scores, -1, 0), jnp.moveaxis(values, -1, 0)
-  order = _argsort_desc(scores, axis=0)
+  order = argsort_desc(scores, axis=0)
   x = jnp.take_along_axis(scores, order, axis=0)
   v = jnp.take_along_axis(values, order, axis=0)
   return jnp.moveaxis(_sorted_apply(x, v, temperature), 0, -1)
@@ -348,9 +353,10 @@ def ott_soft_permutation(scores: jax.Array, epsilon: float = 0.1,
   return jax.vmap(one_row)(flat).reshape(scores.shape + (n,))
 
 
-def _ott_gather(scores, values, temperature, epsilon: float = 0.1):
-  del temperature  # the OT sorter's smoothing is its entropic epsilon
-  perm = ott_soft_permutation(scores, epsilon=epsilon)
+def _ott_gather(scores, values, temperature):
+  # The sort temperature is the OT sorter's smoothing: its entropic epsilon, on the
+  # squashed [0, 1] scale ott-jax sorts on.
+  perm = ott_soft_permutation(scores, epsilon=temperature)
   return jnp.einsum("...rj,...j->...r", perm, jnp.asarray(values, jnp.float32),
                     precision=jax.lax.Precision.HIGHEST)
 
@@ -364,6 +370,7 @@ def sort_gather(scores: jax.Array, values: jax.Array,
   """``out[..., r] = sum_j P[..., r, j] values[..., j]`` for the sorter named ``sorter``.
 
   ``'softsort'`` uses the exact fast path (:func:`soft_sort_apply`); ``'ott'``
-  forms the optimal-transport soft permutation (``O(n^2)`` memory per row).
+  forms the optimal-transport soft permutation (``O(n^2)`` memory per row) with
+  ``temperature`` as its entropic epsilon.
   """
   return SORTERS.get(sorter)(scores, values, temperature)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import flax
 import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
-from nsh_jax import models, optim
+from nsh_jax import optim
 
-__all__ = ["TrainState", "bit_list", "create_model", "create_train_state", "make_mesh"]
+__all__ = ["TrainState", "bit_list", "create_train_state", "make_mesh"]
 
 
 class TrainState(train_state.TrainState):
@@ -26,25 +26,13 @@ def bit_list(config) -> List[int]:
   return sorted(int(b) for b in config.model.bit_list)
 
 
-def create_model(config, backbone: Optional[str] = None) -> models.HashEncoder:
-  """The encoder of ``config``; ``backbone`` overrides ``config.model.backbone``
-  (``'features'`` for heads trained on cached features)."""
-  return models.HashEncoder(backbone=backbone or config.model.backbone,
-                            bits=max(bit_list(config)), latent_dim=config.model.latent_dim,
-                            frozen=config.model.frozen, head_hidden=config.model.head_hidden,
-                            dtype=jnp.bfloat16 if config.model.bf16 else jnp.float32)
-
-
-def create_train_state(config, rng, input_shape, backbone: Optional[str] = None) -> TrainState:
-  """Initial state for inputs of ``input_shape`` (``(H, W, 3)`` images, or ``(F,)``
-  features with ``backbone='features'``); pretrained backbone weights are loaded
-  when ``config.model.pretrained`` and the backbone is the config's."""
-  model = create_model(config, backbone)
+def create_train_state(config, rng, inputs) -> TrainState:
+  """Initial state of ``inputs.model()`` for ``inputs``
+  (:class:`nsh_jax.encoder_input.EncoderInput`), pretrained weights put in."""
+  model = inputs.model()
   # One compiled init: eagerly, every initializer is a compilation of its own.
-  variables = jax.jit(model.init)(rng, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
-  if config.model.pretrained and backbone in (None, config.model.backbone):
-    variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
-  variables = flax.core.unfreeze(variables)
+  variables = jax.jit(model.init)(rng, jnp.zeros((1,) + tuple(inputs.shape), jnp.float32))
+  variables = flax.core.unfreeze(inputs.init_variables(variables))
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            tx=optim.create_optimizer(config),
                            batch_stats=variables.get("batch_stats"),

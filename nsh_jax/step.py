@@ -18,46 +18,19 @@ counts the skip.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import augment, diagnostics, nested
+from nsh_jax import diagnostics, nested
 from nsh_jax.codes import binarize, sign_ste
-from nsh_jax.objectives import length_loss, sort_temperature, sorted_term
+from nsh_jax.objectives import Pair, length_loss, sort_temperature, sorted_term
 from nsh_jax.state import TrainState, bit_list
 
-__all__ = ["make_train_step", "length_term", "head_kernel_gradients", "image_views", "cached_views"]
-
-
-def image_views(config):
-  """``(key, images_u8 [n, H, W, 3], ids [n]) -> x [2n, S, S, 3]``: two augmented,
-  normalised views of each image (view 1 first)."""
-  def views(key, images, ids):
-    v1, v2 = augment.two_views(key, images, ids, config.dataset)
-    return augment.normalize(jnp.concatenate([v1, v2]), config.dataset.normalization)
-  return views
-
-
-def cached_views(config):
-  """``(key, features [n, K, F], ids [n]) -> x [2n, F]``: two distinct cached views of
-  each example, drawn per example from ``fold_in(key, id)`` (uniform over ordered pairs)."""
-  del config
-
-  def views(key, feats, ids):
-    k_views = feats.shape[1]
-
-    def pick(i):
-      k1, k2 = jax.random.split(jax.random.fold_in(key, i))
-      first = jax.random.randint(k1, (), 0, k_views)
-      return first, (first + jax.random.randint(k2, (), 1, k_views)) % k_views
-
-    first, second = jax.vmap(pick)(ids)
-    take = lambda idx: jnp.take_along_axis(feats, idx[:, None, None], axis=1)[:, 0]
-    return jnp.concatenate([take(first), take(second)])
-  return views
+__all__ = ["make_train_step", "length_term", "head_kernel_gradients"]
 
 
 def _forward(state: TrainState, params, x):
@@ -70,39 +43,34 @@ def _forward(state: TrainState, params, x):
   return out, upd["batch_stats"]
 
 
-def length_term(config, step, outs, labels, centers, k: int):
-  """``(L_{b_k} + distill * D_k, objective)`` for length index ``k`` from the encoder
-  outputs of both views stacked ``[2n, ...]`` (view 1 first)."""
+def length_term(config, pair: Pair, k: int):
+  """``(L_{b_k} + distill * D_k, objective)`` for length index ``k``."""
   bits_all = bit_list(config)
-  n = outs["codes"].shape[0] // 2
-  view1 = jax.tree.map(lambda a: a[:n], outs)
-  view2 = jax.tree.map(lambda a: a[n:], outs)
-  total, main = length_loss(config, step, view1, view2, labels, bits_all[k], centers)
+  total, main = length_loss(config, pair, bits_all[k])
   if config.loss.distill_weight and k + 1 < len(bits_all):
-    logits = outs["logits"]
+    logits = jnp.concatenate([pair.out1["logits"], pair.out2["logits"]])
     total = total + config.loss.distill_weight * nested.cascade_distillation(
         logits[:, :bits_all[k]], logits[:, :bits_all[k + 1]])
   return total, main
 
 
-def head_kernel_gradients(config, step, outs, labels, centers) -> list:
+def head_kernel_gradients(config, pair: Pair) -> list:
   """Each length's gradient ``g_k = h^T dL_k/dlogits`` ``[H, b_K]`` of the last hash
   Dense's kernel, with the encoder outputs detached; ``h`` is that layer's input
-  (the features for a linear head, the hidden activations for an MLP head)."""
-  detached = jax.tree.map(jax.lax.stop_gradient, outs)
+  (the features for a linear head, the hidden activations for an MLP head), both
+  views stacked."""
+  detached = jax.tree.map(jax.lax.stop_gradient, pair)
+  n = detached.out1["logits"].shape[0]
+  logits = jnp.concatenate([detached.out1["logits"], detached.out2["logits"]])
+  hash_input = jnp.concatenate([detached.out1["hash_input"], detached.out2["hash_input"]])
 
-  def loss_of_logits(logits, k):
-    return length_term(config, step, detached | {"logits": logits, "codes": jnp.tanh(logits)},
-                       labels, centers, k)[0]
+  def loss_of_logits(lg, k):
+    outs = [o | {"logits": lg[sl], "codes": jnp.tanh(lg[sl])}
+            for o, sl in ((detached.out1, slice(None, n)), (detached.out2, slice(n, None)))]
+    return length_term(config, dataclasses.replace(detached, out1=outs[0], out2=outs[1]), k)[0]
 
-  return [detached["hash_input"].T @ jax.grad(loss_of_logits)(detached["logits"], k)
+  return [hash_input.T @ jax.grad(loss_of_logits)(logits, k)
           for k in range(len(bit_list(config)))]
-
-
-def _dominance_weights(config, step, outs, labels, centers):
-  """:func:`head_kernel_gradients` turned into weights by :func:`nested.dominance_weights`."""
-  return nested.dominance_weights(head_kernel_gradients(config, step, outs, labels, centers),
-                                  bit_list(config))
 
 
 def _guarded_update(state: TrainState, grads, new_stats, loss):
@@ -134,13 +102,13 @@ def _step_metrics(config, loss, finite, codes, mains, weights) -> dict:
   return out
 
 
-def _diagnostics(config, state, x, labels, codes, grads) -> dict:
+def _diagnostics(config, state, x, pair: Pair, grads) -> dict:
   """:mod:`nsh_jax.diagnostics` for an NSH step: per length the mining precision of
   view-1 anchors over view-2 candidates, and the hash head's gradient norms."""
-  cfg, n = config.loss, labels.shape[0]
+  cfg, labels = config.loss, pair.labels
   out = {"mining_chance": diagnostics.chance_precision(labels)}
   for b in bit_list(config):
-    c1, c2 = codes[:n, :b], codes[n:, :b]
+    c1, c2 = pair.codes(b)
     if cfg.straight_through:
       c1, c2 = sign_ste(c1), sign_ste(c2)
     out[f"mining_{b}bit"], out[f"mining_others_{b}bit"] = diagnostics.mining_precisions(
@@ -148,9 +116,8 @@ def _diagnostics(config, state, x, labels, codes, grads) -> dict:
 
   def sorted_loss(params):
     outs, _ = _forward(state, params, x)
-    view1 = jax.tree.map(lambda a: a[:n], outs)
-    view2 = jax.tree.map(lambda a: a[n:], outs)
-    return sum(sorted_term(cfg, state.step, view1, view2, b) for b in bit_list(config))
+    p = Pair.of_stacked(outs, step=state.step)
+    return sum(sorted_term(cfg, p, b) for b in bit_list(config))
 
   g_sorted = jax.grad(sorted_loss)(state.params)
   g_rest = jax.tree.map(jnp.subtract, grads, g_sorted)
@@ -159,13 +126,13 @@ def _diagnostics(config, state, x, labels, codes, grads) -> dict:
   return out
 
 
-def make_train_step(config, mesh, centers=None, views: Optional[Callable] = None) -> Callable:
+def make_train_step(config, mesh, views: Callable, num_classes: int = 0) -> Callable:
   """Builds the jitted step ``(state, batch, labels) -> (state, metrics)``.
 
-  ``views(key, batch, ids) -> x [2n, ...]`` makes the encoder's input from the
-  batch: :func:`image_views` (default; uint8 images) or :func:`cached_views`.
+  ``views(key, batch, ids) -> x [2n, ...]`` makes the encoder's input from the batch
+  (:meth:`nsh_jax.encoder_input.EncoderInput.views`); ``num_classes`` is what the
+  supervised objectives need (CSQ's centres).
   """
-  views = views or image_views(config)
   num_lengths = len(bit_list(config))
   dominance = config.loss.dominance_weights and num_lengths > 1
   # Labels reach only these metrics, never the loss; the sorted/rest gradient split
@@ -174,27 +141,28 @@ def make_train_step(config, mesh, centers=None, views: Optional[Callable] = None
   base_key = jax.random.PRNGKey(config.seed)
   data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
-  def step_fn(state: TrainState, images, labels):
+  def step_fn(state: TrainState, batch, labels):
     key = jax.random.fold_in(base_key, state.step)
     # Global positions in the batch, sharded like the batch (vmap needs both alike).
-    ids = jax.lax.with_sharding_constraint(jnp.arange(images.shape[0]), data)
-    x = views(key, images, ids)
+    ids = jax.lax.with_sharding_constraint(jnp.arange(batch.shape[0]), data)
+    x = views(key, batch, ids)
 
     def loss_fn(params):
       outs, new_stats = _forward(state, params, x)
-      terms, mains = zip(*[length_term(config, state.step, outs, labels, centers, k)
-                           for k in range(num_lengths)])
-      weights = (_dominance_weights(config, state.step, outs, labels, centers) if dominance
-                 else jnp.ones((num_lengths,), jnp.float32))
+      pair = Pair.of_stacked(outs, step=state.step, labels=labels, num_classes=num_classes,
+                             seed=config.seed)
+      terms, mains = zip(*[length_term(config, pair, k) for k in range(num_lengths)])
+      weights = (nested.dominance_weights(head_kernel_gradients(config, pair), bit_list(config))
+                 if dominance else jnp.ones((num_lengths,), jnp.float32))
       loss = jnp.sum(weights * jnp.stack(terms))
-      return loss, (new_stats, jnp.stack(mains), weights, outs["codes"])
+      return loss, (new_stats, jnp.stack(mains), weights, pair)
 
-    (loss, (new_stats, mains, weights, codes)), grads = jax.value_and_grad(
+    (loss, (new_stats, mains, weights, pair)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     new_state, finite = _guarded_update(state, grads, new_stats, loss)
-    metrics = _step_metrics(config, loss, finite, codes[:images.shape[0]], mains, weights)
+    metrics = _step_metrics(config, loss, finite, pair.out1["codes"], mains, weights)
     if diagnose:
-      metrics |= _diagnostics(config, state, x, labels, codes, grads)
+      metrics |= _diagnostics(config, state, x, pair, grads)
     return new_state, metrics
 
   return jax.jit(step_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl),

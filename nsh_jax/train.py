@@ -15,34 +15,15 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import (checkpoints, distributed, evaluation, events, feature_cache, input_pipeline,
-                     losses, models, optim, state as state_lib, step as step_lib)
+from nsh_jax import (checkpoints, distributed, encoder_input, evaluation, events, input_pipeline,
+                     optim, state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
-from nsh_jax.files import code_version, digest_arrays, format_duration, read_json, write_json
+from nsh_jax.files import code_version, format_duration, provenance, read_json, write_json
 
-__all__ = ["train_and_evaluate", "model_inputs", "backbone_variables", "reference_features",
-           "provenance"]
-
-
-@dataclasses.dataclass
-class _Inputs:
-  """What the encoder reads: images, or cached frozen-backbone features.
-
-  ``train`` is what batches are drawn from (images ``[N, H, W, 3]`` or views
-  ``[N, K, F]``); ``eval_splits`` holds the query/database/train inputs that
-  evaluation encodes; ``features`` the clean backbone features for the baselines.
-  """
-  train: object
-  eval_splits: input_pipeline.Splits
-  views: Callable
-  images: bool
-  shape: tuple
-  backbone: Optional[str] = None
-  features: Optional[tuple] = None
+__all__ = ["train_and_evaluate"]
 
 
 @dataclasses.dataclass
@@ -50,38 +31,13 @@ class _Run:
   """What one training run holds besides the TrainState."""
   config: ml_collections.ConfigDict
   workdir: str
-  splits: input_pipeline.Splits
-  inputs: _Inputs
+  inputs: encoder_input.EncoderInput
   mesh: jax.sharding.Mesh
   manager: object
   writer: Optional[object]
   log: Callable
   last_good: Optional[int] = None
   history: list = dataclasses.field(default_factory=list)
-
-
-def backbone_variables(config):
-  """The frozen backbone's pretrained variables and their digest (for the cache key)."""
-  size = config.dataset.image_size
-  variables = jax.jit(models.BackboneOnly(config.model.backbone).init)(
-      jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
-  variables = models.BACKBONES.get(config.model.backbone).load_pretrained(variables)
-  return variables, digest_arrays(*jax.tree.leaves(variables))
-
-
-def model_inputs(config, splits, log=print) -> _Inputs:
-  """What the encoder reads for ``config``: the images, or (``features.views > 0``) the
-  feature cache, extracted on first use."""
-  size = config.dataset.image_size
-  if not config.features.views:
-    return _Inputs(splits.train_images, splits, step_lib.image_views(config), True,
-                   (size, size, 3))
-  variables, digest = backbone_variables(config)
-  fs = feature_cache.load_or_extract(config, splits, variables, digest, log)
-  eval_splits = dataclasses.replace(splits, train_images=fs.train, query_images=fs.query,
-                                    db_images=fs.database)
-  return _Inputs(fs.train_views, eval_splits, step_lib.cached_views(config), False,
-                 (fs.train.shape[1],), "features", (fs.train, fs.query, fs.database))
 
 
 def _summary_writer(workdir: str):
@@ -156,18 +112,14 @@ def _read_history(workdir: str) -> list:
   return list(read_json(_history_path(workdir), []))
 
 
-def _train_loop(run: _Run, state, encode_fn):
-  config, t = run.config, run.config.train
-  centers = None
-  if config.loss.name == "csq":
-    centers = losses.hadamard_centers(run.splits.num_classes,
-                                      max(state_lib.bit_list(config)), config.seed)
-  step_fn = step_lib.make_train_step(config, run.mesh, centers, run.inputs.views)
+def _train_loop(run: _Run, state, encoder):
+  config, t, splits = run.config, run.config.train, run.inputs.splits
+  step_fn = step_lib.make_train_step(config, run.mesh, run.inputs.views, splits.num_classes)
   data = NamedSharding(run.mesh, P("data"))
   start, total = int(state.step), int(t.steps)
   t_last, s_last = time.time(), start
   for step, images, labels in input_pipeline.train_batches(
-      run.inputs.train, run.splits.train_labels, t.batch_size, config.seed, start,
+      run.inputs.train, splits.train_labels, t.batch_size, config.seed, start,
       total, jax.process_index(), jax.process_count()):
     x = jax.make_array_from_process_local_data(data, images)
     y = jax.make_array_from_process_local_data(data, labels)
@@ -198,17 +150,16 @@ def _train_loop(run: _Run, state, encode_fn):
         checkpoints.save(run.manager, done, state)
         run.last_good = done
     if t.eval_every and done % t.eval_every == 0 and done < total:
-      _write_eval_events(run, evaluation.evaluate(config, state, run.inputs.eval_splits,
-                                                  run.mesh, log=run.log, encode_fn=encode_fn),
-                         done)
+      _write_eval_events(run, evaluation.evaluate(config, state, run.inputs, run.mesh,
+                                                  log=run.log, encoder=encoder), done)
   return state
 
 
 def _header(run: _Run, start_step: int) -> None:
   """What is about to run, before the first step."""
-  c, s = run.config, run.splits
+  c, s = run.config, run.inputs.splits
   shape = "x".join(str(d) for d in s.train_images.shape[1:3])
-  how = ("frozen, heads on cached features" if not run.inputs.images else
+  how = ("frozen, heads on cached features" if run.inputs.name == "features" else
          "frozen" if c.model.frozen else "trained")
   lengths = "/".join(str(b) for b in state_lib.bit_list(c))
   devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
@@ -247,31 +198,6 @@ def _summary(run: _Run, result: dict) -> None:
           f"{os.path.join(run.workdir, 'metrics.json')}")
 
 
-def reference_features(config, inputs: _Inputs, splits, state, mesh):
-  """Clean backbone features (train, query, database) for the baselines of a pretrained
-  backbone (the cache's, or encoded now); ``None`` for a backbone trained from scratch."""
-  if inputs.features is not None or not config.model.pretrained:
-    return inputs.features
-  encode = evaluation.make_encode_fn(config, mesh, output="features")
-  return tuple(evaluation.encode_images(encode, state, x, mesh)
-               for x in (splits.train_images, splits.query_images, splits.db_images))
-
-
-def provenance(config, splits) -> dict:
-  """What a result was computed from: the full config, the code version and a digest
-  of the data as split (images and labels of train, query and database), the class
-  names and the split sizes -- so that no table reuses a run of another config or code."""
-  sizes = {"train": int(splits.train_labels.shape[0]), "query": int(splits.query_labels.shape[0]),
-           "database": int(splits.db_labels.shape[0]),
-           "validation": 0 if splits.val_rows is None else int(len(splits.val_rows))}
-  return {"config": config.to_dict(), "code_version": code_version(),
-          "data_digest": digest_arrays(splits.train_images, splits.train_labels,
-                                       splits.query_images, splits.query_labels,
-                                       splits.db_images, splits.db_labels),
-          "class_names": list(splits.class_names) if splits.class_names else None,
-          "split_sizes": sizes}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates.
 
@@ -280,24 +206,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   os.makedirs(workdir, exist_ok=True)
   code_version()  # read now: the code this run starts with is what its metrics.json records
   splits = input_pipeline.load(config)
-  inputs = model_inputs(config, splits, log)
-  run = _Run(config, workdir, splits, inputs, state_lib.make_mesh(),
+  inputs = encoder_input.create(config, splits, log)
+  run = _Run(config, workdir, inputs, state_lib.make_mesh(),
              checkpoints.checkpoint_manager(workdir, config), _summary_writer(workdir), log)
-  state = _restore(run, state_lib.create_train_state(
-      config, jax.random.PRNGKey(config.seed), inputs.shape, inputs.backbone))
-  # Compiled once for every evaluation.
-  encode_fn = evaluation.make_encode_fn(config, run.mesh, images=inputs.images)
+  state = _restore(run, state_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
+                                                     inputs))
+  encoder = encoder_input.Encoder(inputs, run.mesh)  # compiled once for every evaluation
   t_start = time.time()
   _header(run, int(state.step))
   if int(state.step) >= config.train.steps:
     log(f"training already finished at step {int(state.step)}; evaluating")
-  state = _train_loop(run, state, encode_fn)
+  state = _train_loop(run, state, encoder)
   run.manager.wait_until_finished()
   log(f"training done in {format_duration(time.time() - t_start)}")
   train_seconds = time.time() - t_start
-  reference = (splits, reference_features(config, inputs, splits, state, run.mesh))
-  result = evaluation.evaluate(config, state, inputs.eval_splits, run.mesh, workdir=workdir,
-                               log=log, encode_fn=encode_fn, reference=reference)
+  result = evaluation.evaluate(config, state, inputs, run.mesh, workdir=workdir, log=log,
+                               encoder=encoder, reference=True)
   result["train_seconds"] = train_seconds
   result["history"] = run.history
   result.update(provenance(config, splits))

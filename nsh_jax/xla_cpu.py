@@ -2,8 +2,7 @@
 
 jaxlib 0.10's XLA:CPU hands convolutions, dots and reductions to YNNPACK
 "library fusions" by default.  For this project's CPU work they are the slow
-path (``benchmarks/conv_layers.py`` and ``benchmarks/train_step.py
---compare-xla-defaults``; figures in BENCHMARKS.md).
+path (measured on the small CNN's step and EfficientNet's extraction; BENCHMARKS.md).
 
 XLA reads ``XLA_FLAGS`` once, when the first backend is created, so
 :func:`apply_defaults` only adds the flag while no JAX backend exists yet, and
@@ -47,30 +46,3 @@ def apply_defaults() -> bool:
     return False
   os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG + "=").strip()
   return True
-
-
-def defaults_env() -> dict[str, str]:
-  """This process's environment for a child that should run under XLA's own
-  CPU defaults: the flag :func:`apply_defaults` adds removed, and the opt-out set."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(YNN_FLAG + "=")]
-  return dict(os.environ, XLA_FLAGS=" ".join(flags), **{OPT_OUT_ENV: "1"})
-
-
-def ynn_convolutions_on(flags: str | None = None) -> bool:
-  """Whether XLA:CPU sends convolutions to YNNPACK under ``flags`` (default: ``XLA_FLAGS``).
-
-  Only the flag's last occurrence counts, as in XLA's parser.  Its value is
-  either a list that replaces the default (which includes
-  ``individual_convolution``) or signed edits of it (``-individual_convolution``).
-  """
-  flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
-  value = None
-  for token in flags.split():
-    if token.startswith(YNN_FLAG + "="):
-      value = token[len(YNN_FLAG) + 1:]
-  if value is None:
-    return True
-  items = [t for t in value.split(",") if t]
-  if items and all(t[0] in "+-" for t in items):
-    return "-individual_convolution" not in items
-  return "individual_convolution" in items

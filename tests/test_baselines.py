@@ -155,7 +155,7 @@ def _objective(name, x, h, **cfg):
   def loss(logits):
     o1, o2 = _outs(x, h)
     o1["logits"], o2["logits"] = logits[0], logits[1]
-    return fn(c, 0, o1, o2, None, h.shape[-1], None)
+    return fn(c, objectives.Pair(o1, o2), h.shape[-1])
   value, grad = jax.value_and_grad(loss)(jnp.asarray(h, jnp.float32))
   return float(value), np.asarray(grad, np.float64)
 
@@ -233,10 +233,10 @@ def test_baselines_bring_their_own_code_terms():
   o1["codes"], o2["codes"] = jnp.tanh(o1["logits"]), jnp.tanh(o2["logits"])
   for name in ("cibhash", "greedyhash", "bihalf"):
     c.loss.name = name
-    total, main = objectives.length_loss(c, 0, o1, o2, None, 4)
+    total, main = objectives.length_loss(c, objectives.Pair(o1, o2), 4)
     assert float(total) == float(main)
   c.loss.name = "contrastive"
-  total, main = objectives.length_loss(c, 0, o1, o2, None, 4)
+  total, main = objectives.length_loss(c, objectives.Pair(o1, o2), 4)
   assert float(total) > float(main)
 
 

@@ -13,6 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -20,6 +21,7 @@ from configs import default
 from nsh_jax import input_pipeline, state as state_lib, step as step_lib
 from nsh_jax.errors import DataError
 from test_householder_nested import _dominance_reference  # the float64 transcription
+from nsh_jax import encoder_input
 
 
 def _tiny_config(**model):
@@ -41,13 +43,13 @@ def test_frozen_backbone_is_bit_identical_and_has_no_optimizer_state():
   c = _tiny_config(frozen=True)
   c.train.weight_decay = 0.1  # decoupled decay would visibly shrink an optimised backbone
   mesh = state_lib.make_mesh()
-  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
   before = jax.tree.map(np.array, state.params["backbone"])
   heads = {k: v for k, v in state.params.items() if k != "backbone"}
   # Adam keeps two moments per trainable weight (plus scalars): none for the backbone.
   assert _leaf_bytes(state.opt_state) <= 2 * _leaf_bytes(heads) + 64
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  step = step_lib.make_train_step(c, mesh)
+  step = step_lib.make_train_step(c, mesh, encoder_input.create(c).views)
   data = NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
   for _ in range(3):
@@ -63,7 +65,7 @@ def test_frozen_backbone_is_bit_identical_and_has_no_optimizer_state():
 
 def test_unfrozen_backbone_is_optimised():
   c = _tiny_config(frozen=False)
-  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
   assert _leaf_bytes(state.opt_state) >= 2 * _leaf_bytes(state.params)
 
 
@@ -107,7 +109,8 @@ def test_dominance_weights_use_the_hash_kernel_gradient(hidden):
   c = _tiny_config(bit_list=(8, 16), head_hidden=hidden)
   c.loss.dominance_weights = True
   c.loss.instance_weight = 1.0
-  model = state_lib.create_model(c)
+  from nsh_jax import objectives
+  model = encoder_input.create(c).model()
   x = jax.random.uniform(jax.random.PRNGKey(1), (16, 32, 32, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   outs = jax.jit(model.apply)(variables, x)  # jitted: op by op, each small op compiles alone
@@ -118,14 +121,16 @@ def test_dominance_weights_use_the_hash_kernel_gradient(hidden):
     params = jax.tree.map(lambda a: a, variables["params"])
     params["hash"] = dict(params["hash"], kernel=kernel)
     o = model.apply({**variables, "params": params}, x)
-    return step_lib.length_term(c, step, o, labels, None, k)[0]
+    return step_lib.length_term(c, objectives.Pair.of_stacked(o, step=step, labels=labels), k)[0]
 
   kernel = variables["params"]["hash"]["kernel"]
   grad = jax.jit(jax.grad(loss_of_kernel), static_argnums=1)
   want = [grad(kernel, k) for k in range(2)]
-  got = jax.jit(lambda o: step_lib.head_kernel_gradients(c, step, o, labels, None))(outs)
+  got = jax.jit(lambda o: step_lib.head_kernel_gradients(
+      c, objectives.Pair.of_stacked(o, step=step, labels=labels)))(outs)
   for g, w in zip(got, want):
     assert g.shape == kernel.shape
     np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6)
-  np.testing.assert_allclose(step_lib._dominance_weights(c, step, outs, labels, None),
+  from nsh_jax import nested
+  np.testing.assert_allclose(nested.dominance_weights(got, [8, 16]),
                              _dominance_reference(want, [8, 16]), rtol=1e-4)

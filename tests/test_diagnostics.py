@@ -7,9 +7,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from helpers import TINY, run_main
+from nsh_jax import encoder_input
 
 
 def _dense_precision(a, b, labels, m, tau, others=False):
@@ -96,8 +98,8 @@ def test_without_sortednce_the_hash_head_gets_nothing_through_the_sorter():
   y = jax.device_put(rng.integers(0, 10, 16).astype(np.int32), data)
   for weight, sorted_zero in ((1.0, False), (0.0, True)):
     c.loss.sorted_weight, c.loss.sorted_warmup_steps = weight, 0
-    state = jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3)),
+    state = jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c)),
                            NamedSharding(mesh, P()))
-    _, m = step_lib.make_train_step(c, mesh)(state, x, y)
+    _, m = step_lib.make_train_step(c, mesh, encoder_input.create(c).views)(state, x, y)
     assert (float(m["grad_hash_sorted"]) == 0.0) == sorted_zero, weight
     assert float(m["grad_hash_rest"]) > 0

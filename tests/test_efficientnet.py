@@ -93,11 +93,11 @@ def test_checkpoint_reader_refuses_foreign_and_truncated_files(tmp_path):
 
 def test_hash_encoder_loads_the_pretrained_backbone():
   from configs import default
-  from nsh_jax import state as state_lib
+  from nsh_jax import encoder_input, state as state_lib
   c = default.get_config()
   c.model.backbone, c.model.pretrained, c.model.frozen = "efficientnet_lite0", True, True
-  c.model.bit_list = (16,)
-  st = state_lib.create_train_state(c, jax.random.PRNGKey(0), (64, 64, 3))
+  c.model.bit_list, c.dataset.image_size = (16,), 64
+  st = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
   out = st.apply_fn({"params": st.params, "batch_stats": st.batch_stats}, x)
   want = efficientnet.EfficientNetLite("lite0").apply(_variables("lite0", False), x)

@@ -10,6 +10,13 @@ import numpy as np
 from helpers import run_main
 
 
+def _backbone(c):
+  """The frozen backbone's variables and their digest (the cache key's weights)."""
+  from nsh_jax import files, models
+  variables = models.pretrained_backbone(c.model.backbone, int(c.dataset.image_size))
+  return variables, files.digest_arrays(*jax.tree.leaves(variables))
+
+
 def _config(cache_dir, views=2):
   from configs import cifar_prefix_pretrained
   c = cifar_prefix_pretrained.get_config()
@@ -29,22 +36,21 @@ def _splits(n=20, q=6, seed=0):
 
 
 def test_cached_views_are_two_distinct_views_per_example():
-  from configs import default
-  from nsh_jax import step
+  from nsh_jax import encoder_input
   k_views, n = 5, 64
   feats = jnp.broadcast_to(jnp.arange(k_views, dtype=jnp.float32)[None, :, None], (n, k_views, 3))
-  x = step.cached_views(default.get_config())(jax.random.PRNGKey(0), feats, jnp.arange(n))
+  x = encoder_input.two_cached_views(jax.random.PRNGKey(0), feats, jnp.arange(n))
   first, second = np.asarray(x[:n, 0]), np.asarray(x[n:, 0])
   assert np.all(first != second) and set(first) | set(second) <= set(range(k_views))
   assert len(set(zip(first, second))) > 10  # many different pairs, not one fixed pair
-  again = step.cached_views(default.get_config())(jax.random.PRNGKey(0), feats, jnp.arange(n))
+  again = encoder_input.two_cached_views(jax.random.PRNGKey(0), feats, jnp.arange(n))
   np.testing.assert_array_equal(np.asarray(again), np.asarray(x))
 
 
 def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
-  from nsh_jax import feature_cache, train
+  from nsh_jax import feature_cache
   c, splits = _config(tmp_path), _splits()
-  variables, digest = train.backbone_variables(c)
+  variables, digest = _backbone(c)
   logs = []
   fs = feature_cache.load_or_extract(c, splits, variables, digest, logs.append)
   assert fs.train_views.shape == (20, 2, 1280) and fs.query.shape == (6, 1280)
@@ -73,9 +79,9 @@ def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
 
 
 def test_another_split_of_the_same_images_computes_only_its_views(tmp_path):
-  from nsh_jax import feature_cache, input_pipeline, train
+  from nsh_jax import feature_cache, input_pipeline
   c, splits = _config(tmp_path), _splits()
-  variables, digest = train.backbone_variables(c)
+  variables, digest = _backbone(c)
   first = feature_cache.load_or_extract(c, splits, variables, digest, lambda *a: None)
   store = [d for d in os.listdir(tmp_path) if "-clean-" in d]
   assert len(store) == 1

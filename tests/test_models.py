@@ -28,14 +28,12 @@ def test_keras_conversion_matches_keras_forward(name):
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("patches", [True, False])
-def test_conv3x3_equals_flax_conv_values_and_gradients(patches, monkeypatch):
-  """Both paths of Conv3x3 (one matmul over shifted copies; XLA's convolution) are nn.Conv(3x3, SAME)."""
+def test_conv3x3_equals_flax_conv_values_and_gradients():
+  """Conv3x3 (bias optional, for GroupNorm's shift) is nn.Conv(3x3, SAME)."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from nsh_jax import models
-  monkeypatch.setattr(models, "use_patches", lambda: patches)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 5))
   ours, ref = models.Conv3x3(4), nn.Conv(4, (3, 3))
   v = ours.init(jax.random.PRNGKey(1), x)

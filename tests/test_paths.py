@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from configs import base, cifar_prefix_pretrained
@@ -12,6 +13,7 @@ from nsh_jax import (augment, feature_cache, input_pipeline, losses, metrics, pr
                      state as state_lib)
 from test_metrics_retrieval import ref_ap
 from test_sorted_nce import random_problem
+from nsh_jax import encoder_input
 
 
 # ------------------------------------------------------- evaluate_codes, the reported numbers
@@ -259,8 +261,8 @@ def test_multi_length_codes_are_prefixes_and_each_length_has_a_loss():
   c = base.get_config()
   c.model.bit_list, c.model.latent_dim, c.train.batch_size = (8, 16, 32), 16, 16
   mesh = state_lib.make_mesh()
-  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
-  fn = step_lib.make_train_step(c, mesh)
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
+  fn = step_lib.make_train_step(c, mesh, encoder_input.create(c).views)
   x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
   new, m = fn(state, x, np.zeros(16, np.int32))
   per = [float(m[f"loss_{b}bit"]) for b in (8, 16, 32)]

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import numpy as np
+
 import pytest
 
 from conftest import ROOT, SHARED_NPZ
@@ -20,14 +21,14 @@ STEP_SCRIPT = textwrap.dedent("""
     xla_cpu.apply_defaults()  # an entry point: the XLA:CPU settings main.py applies
     import jax
     from configs import default
-    from nsh_jax import state as state_lib, step as step_lib
+    from nsh_jax import encoder_input, state as state_lib, step as step_lib
     c = default.get_config()
     c.train.batch_size = 16; c.model.bit_list = (16,); c.model.latent_dim = 16
     c.train.warmup_steps = 1
     mesh = state_lib.make_mesh()
-    state = state_lib.create_train_state(c, jax.random.PRNGKey(0), (32, 32, 3))
+    state = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = step_lib.make_train_step(c, mesh)
+    step = step_lib.make_train_step(c, mesh, encoder_input.create(c).views)
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     rng = np.random.default_rng(0)
     losses = []
@@ -221,28 +222,14 @@ def test_sorted_weight_scales_sortednce_and_zero_leaves_the_instance_term():
   c = base.get_config()
   c.loss.instance_weight, c.loss.sorted_warmup_steps = 1.0, 0
   inst = losses.nt_xent(out[0]["latents"], out[1]["latents"], c.loss.temperature)
-  _, with_sort = objectives.length_loss(c, 5, out[0], out[1], None, 8)
+  pair = lambda a, b: objectives.Pair(a, b, step=5)
+  _, with_sort = objectives.length_loss(c, pair(*out), 8)
   c.loss.sorted_weight = 0.5
-  _, half = objectives.length_loss(c, 5, out[0], out[1], None, 8)
+  _, half = objectives.length_loss(c, pair(*out), 8)
   c.loss.sorted_weight = 0.0
-  none = jax.jit(lambda a, b: objectives.length_loss(c, 5, a, b, None, 8)[1])(out[0], out[1])
+  none = jax.jit(lambda a, b: objectives.length_loss(c, pair(a, b), 8)[1])(out[0], out[1])
   np.testing.assert_allclose(float(none), float(inst), rtol=1e-6)
   np.testing.assert_allclose(float(half - inst), 0.5 * float(with_sort - inst), rtol=1e-5)
-
-
-def test_long_prefix_config_is_the_measured_command():
-  """configs/cifar_prefix_long.py = cifar_prefix.py plus the overrides of the
-  5,000-step run in docs/training.md, so that run's numbers apply to it."""
-  from configs import cifar_prefix, cifar_prefix_long
-  from nsh_jax import config_checks
-  c = cifar_prefix.get_config()
-  c.update_from_flattened_dict({
-      "train.steps": 5000, "loss.sorted_warmup_steps": 2500, "seed": 0,
-      "model.bit_list": (16, 32, 64), "train.checkpoint_every": 1000,
-      "train.log_every": 500, "loss.name": "nsh", "dataset.min_scale": 0.12})
-  long = cifar_prefix_long.get_config()
-  assert long.to_dict() == c.to_dict()
-  config_checks.validate(long)
 
 
 def test_errors_are_described_in_one_line():

@@ -5,26 +5,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from nsh_jax import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.parametrize("flags, on", [
-    ("", True),
-    ("--xla_force_host_platform_device_count=8", True),
-    ("--xla_cpu_experimental_ynn_fusion_type=", False),
-    ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce", False),
-    ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution", True),
-    ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", False),
-    ("--xla_cpu_experimental_ynn_fusion_type=-reduce", True),
-    # the last occurrence wins, as in XLA's parser
-    ("--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_ynn_fusion_type=+dot", True),
-])
-def test_ynn_convolutions_on_parses_xla_flags(flags, on):
-  assert xla_cpu.ynn_convolutions_on(flags) is on
 
 
 _PROBE = """
@@ -65,14 +49,6 @@ def test_apply_defaults_turns_ynn_fusions_off_and_respects_users():
   # A backend started before the call: too late, so the environment is not touched.
   flags, ynn = _probe({}, before="import jax; jax.devices()")
   assert flags == "" and ynn
-
-
-def test_defaults_env_drops_only_our_flag_and_opts_out(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 " + xla_cpu.YNN_FLAG + "=")
-  env = xla_cpu.defaults_env()
-  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
-  assert env[xla_cpu.OPT_OUT_ENV] == "1"
-  assert xla_cpu.ynn_convolutions_on(env["XLA_FLAGS"])
 
 
 _IMPORT_PROBE = """
