@@ -26,7 +26,7 @@ from nsh_jax.protocol import Splits
 from nsh_jax.state import bit_list
 
 __all__ = ["evaluate", "embed", "fit_quantizers", "save_quantizers", "codes_for", "write_codes",
-           "baselines", "BASELINE_QUANTIZERS"]
+           "baselines", "ceilings", "BASELINE_QUANTIZERS"]
 
 # Reference baselines every run reports beside the model, on the same split.
 BASELINE_QUANTIZERS = ("itq", "lsh")
@@ -139,6 +139,38 @@ def _score(config, splits: Splits, codes: dict, log) -> dict:
   return result
 
 
+def _depths(config) -> tuple:
+  """The depths every ceiling row is reported at: ``eval.depths`` (0: the whole database)
+  and ``eval.top_k``."""
+  return tuple(dict.fromkeys(tuple(config.eval.get("depths", ())) + (config.eval.top_k or 0,)))
+
+
+def ceilings(config, splits: Splits, emb: dict, features: Optional[Features], log=print) -> dict:
+  """Cosine ranking of continuous vectors (:func:`metrics.cosine_map`), test and validation
+  queries, every depth: ``'features'``, the frozen backbone's clean features (what any code
+  made from them can reach), and ``'hash layer <b>'``, the model's own continuous outputs
+  per length (what its ``b``-bit codes can reach).  ``{row: {'map_at': {depth: mAP},
+  'validation': {depth: mAP}}}``."""
+  depths = _depths(config)
+  rows = {f"hash layer {b}": (emb["query"][:, :b], emb["database"][:, :b])
+          for b in bit_list(config)}
+  if features is not None:
+    rows = {"features": (features.query, features.database), **rows}
+  val_labels = protocol.validation_view(splits, splits.db_labels)
+  out = {}
+  for name, (q, db) in rows.items():
+    key = lambda d: str(d or "all")
+    out[name] = {"map_at": {key(d): v for d, v in metrics.cosine_map(
+        q, db, splits.query_labels, splits.db_labels, [d or None for d in depths]).items()}}
+    if val_labels is not None:
+      vq, vd = protocol.validation_view(splits, db)
+      out[name]["validation"] = {key(d): v for d, v in metrics.cosine_map(
+          vq, vd, *val_labels, [d or None for d in depths]).items()}
+    log(f"ceiling: {name}, cosine: " + ", ".join(f"@{d} {v:.4f}"
+                                                 for d, v in out[name]["map_at"].items()))
+  return out
+
+
 def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] = None,
              log=print, encoder: Optional[Encoder] = None, reference: bool = False) -> dict:
   """Encodes ``inputs``' query and database splits and reports every length.
@@ -157,8 +189,10 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
   result = _score(config, splits, codes, log)
   curves = {}
   if reference and config.eval.get("baselines", True):
-    curves = baselines(config, splits, inputs.frozen_features(), log)
+    features = inputs.frozen_features()
+    curves = baselines(config, splits, features, log)
     result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
+    result["ceiling"] = ceilings(config, splits, emb, features, log)
   if workdir:
     _write(config, workdir, result, emb, codes, quantizers, splits, curves, log)
   return result

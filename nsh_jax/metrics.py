@@ -43,16 +43,18 @@ def _check(query_codes, db_codes, query_labels, db_labels):
   return q, x, ql, dl
 
 
-def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k):
-  """Relevance ``[q, k]`` bool of each query's top-``k`` items in Hamming order.
-
-  Relevance is the one rule of :func:`nsh_jax.retrieval.label_sets`: at least
-  one shared label (int labels: the same class).
-  """
-  qp, dp = retrieval.pack_codes(query_codes), retrieval.pack_codes(db_codes)
-  _, idx = retrieval.search(qp, dp, k)
+def _relevance(idx, query_labels, db_labels):
+  """Relevance ``[q, k]`` bool of ranked database indices ``idx`` ``[q, k]``: the one rule
+  of :func:`nsh_jax.retrieval.label_sets`, at least one shared label (int labels: the same
+  class)."""
   qs, ds = retrieval.label_sets(query_labels, db_labels)
   return np.any((qs[:, None, :] & ds[idx]) != 0, axis=-1)
+
+
+def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k):
+  """Relevance ``[q, k]`` bool of each query's top-``k`` items in Hamming order."""
+  qp, dp = retrieval.pack_codes(query_codes), retrieval.pack_codes(db_codes)
+  return _relevance(retrieval.search(qp, dp, k)[1], query_labels, db_labels)
 
 
 def _map_of(rel) -> float:
@@ -99,6 +101,18 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = _cutoff(top_k, x.shape[0])
   return _map_of(_ranked_relevance(q, x, ql, dl, k))
+
+
+def cosine_map(query, db, query_labels, db_labels, depths: Sequence[Optional[int]] = (1000,)
+               ) -> dict:
+  """``{depth: mAP@depth}`` of ranking the database by cosine similarity of continuous
+  vectors (:func:`nsh_jax.retrieval.cosine_search`; depth ``None``: the whole database) --
+  what binary codes made from them can at best keep: the ceiling row.  One ranking to the
+  deepest depth serves every depth (AP@k reads the top ``k`` only)."""
+  q, x, ql, dl = _check(query, db, query_labels, db_labels)
+  ks = {d: _cutoff(d, x.shape[0]) for d in depths}
+  rel = _relevance(retrieval.cosine_search(q, x, max(ks.values()))[1], ql, dl)
+  return {d: _map_of(rel[:, :k]) for d, k in ks.items()}
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels,

@@ -30,8 +30,8 @@ from nsh_jax.codes import binarize
 from nsh_jax.errors import CodesFileError
 
 __all__ = ["binarize", "pack_codes", "unpack_codes", "to_words", "label_sets",
-           "hamming_distance", "search", "radius_counts", "save_index", "load_index",
-           "save_faiss_index", "INDEX_FORMAT"]
+           "hamming_distance", "search", "cosine_search", "radius_counts", "save_index",
+           "load_index", "save_faiss_index", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "nsh-jax-index/1"
 
@@ -267,6 +267,31 @@ def radius_counts(query_packed, db_packed, query_labels, db_labels
   _radius_kernel(qw, dw, ql, dl, all_counts, rel_counts,
                  _scratch(qw.shape[0], dw.shape[0], qw.shape[1]))
   return all_counts, rel_counts
+
+
+def cosine_search(query, db, k: int, chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+  """Exact top-``k`` of continuous vectors by cosine similarity (the ranking that codes made
+  from them approximate: the ceiling row of an evaluation).
+
+  ``query`` ``[q, d]``, ``db`` ``[n, d]`` float; queries in chunks of ``chunk`` (memory
+  ``O(chunk * n)``).  Returns ``(similarities [q, k] float32, indices [q, k] int64)``,
+  sorted by similarity (float32; equal values by lower database index, but duplicated
+  vectors need not get equal float32 similarities from a matrix product).
+  """
+  from nsh_jax.codes import l2_normalize
+  qn = l2_normalize(np.asarray(query, np.float32))
+  dn = l2_normalize(np.asarray(db, np.float32))
+  if qn.ndim != 2 or dn.ndim != 2 or qn.shape[1] != dn.shape[1] or not len(dn):
+    raise ValueError(f"cosine search needs [q, d] queries and a non-empty [n, d] database; got "
+                     f"{qn.shape} and {dn.shape}")
+  k = min(int(k), dn.shape[0])
+  sims, idxs = [], []
+  for lo in range(0, qn.shape[0], chunk):
+    s = qn[lo:lo + chunk] @ dn.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    sims.append(np.take_along_axis(s, order, 1))
+    idxs.append(order)
+  return np.concatenate(sims), np.concatenate(idxs).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- index

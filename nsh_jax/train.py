@@ -189,6 +189,13 @@ def _summary(run: _Run, result: dict) -> None:
   if "validation" in result:  # what model selection reads
     rows.append(("model on validation", {b: result["validation"][b]["map"] for b in lengths}))
   rows += list(result.get("baselines", {}).items())  # none with eval.baselines off
+  ceiling = result.get("ceiling", {})
+  depth = str(k)
+  if "features" in ceiling:
+    rows.append(("features, cosine", {b: ceiling["features"]["map_at"][depth] for b in lengths}))
+  if ceiling:
+    rows.append(("hash layer, cosine", {b: ceiling[f"hash layer {b}"]["map_at"][depth]
+                                        for b in lengths}))
   rows.append(("model P@H<=2", {b: result["by_bits"][b]["p_at_h2"] for b in lengths}))
   for name, values in rows:
     run.log(name.ljust(23) + "".join(f"{values[b]:9.4f}" for b in lengths))

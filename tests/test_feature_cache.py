@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import run_main
 
@@ -135,6 +136,19 @@ def test_training_on_the_cache_end_to_end(tmp_path):
   assert "features: extracting" in res.stdout and "itq-features mAP@10 16-bit:" in res.stdout
   m = json.load(open(tmp_path / "a" / "metrics.json"))
   assert set(m["baselines"]) == {"itq-features", "lsh-features", "itq-pixels", "lsh-pixels"}
+  # The ceiling rows: the clean features' and the hash layer's own cosine ranking, in the
+  # closing table and metrics.json, equal to the metric computed here from the cache.
+  assert set(m["ceiling"]) == {"features", "hash layer 16"}
+  table = res.stdout.split("\nmAP@10 ")[-1]
+  assert "features, cosine" in table and "hash layer, cosine" in table
+  from nsh_jax import feature_cache, input_pipeline, metrics
+  c = _config(tmp_path / "cache")
+  c.dataset.name = f"npz:{data}"
+  fs = feature_cache.load_or_extract(c, input_pipeline.load(c), *_backbone(c), log=lambda *a: 0)
+  emb = np.load(tmp_path / "a" / "codes" / "embeddings.npz")
+  want = metrics.cosine_map(fs.query, fs.database, emb["query_labels"], emb["database_labels"],
+                            (10,))[10]
+  assert m["ceiling"]["features"]["map_at"]["10"] == pytest.approx(want, abs=1e-9)
   res = run_main(args + [f"--workdir={tmp_path / 'b'}", "--config.seed=1",
                          "--config.features.seed=0"])
   assert res.returncode == 0, res.stderr[-3000:]

@@ -165,3 +165,29 @@ def test_faiss_export_searches_like_ours(tmp_path, bits):
   np.testing.assert_array_equal(dist, want_d)
   np.testing.assert_array_equal(ids, want_i)
   assert not retrieval.save_faiss_index(str(tmp_path / "odd.faiss"), db[:, :1], 7)
+
+
+def _ref_cosine_ap(q, x, ql, dl, k):
+  """Per-query loop: cosine similarity in float64, descending sort, AP@k."""
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  aps = []
+  for i in range(len(q)):
+    order = np.argsort(-(xn @ qn[i]), kind="stable")[:k]
+    rel = ((dl[order] @ ql[i]) > 0 if dl.ndim == 2 else dl[order] == ql[i]).astype(float)
+    prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    aps.append(float((prec * rel).sum() / rel.sum()) if rel.sum() else 0.0)
+  return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_cosine_map_the_ceiling_row_matches_brute_force_at_every_depth(multi):
+  rng = np.random.default_rng(3)
+  x, q = rng.normal(size=(250, 12)), rng.normal(size=(30, 12))
+  if multi:
+    dl, ql = (rng.random((250, 5)) < 0.3).astype(np.int32), (rng.random((30, 5)) < 0.3).astype(np.int32)
+  else:
+    dl, ql = rng.integers(0, 4, 250), rng.integers(0, 5, 30)
+  got = metrics.cosine_map(q, x, ql, dl, depths=(10, 100, None))
+  for d, k in ((10, 10), (100, 100), (None, 250)):
+    assert got[d] == pytest.approx(_ref_cosine_ap(q, x, ql, dl, k), abs=1e-9)
