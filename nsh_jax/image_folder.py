@@ -39,8 +39,8 @@ import numpy as np
 
 from nsh_jax.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "split_inner", "list_image_files", "iter_image_files",
-           "decode", "read_images", "read_split_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "split_inner", "list_image_files",
+           "read_named_files", "iter_image_files", "decode", "read_images", "read_split_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -154,15 +154,32 @@ def list_image_files(path: str, folders: list = None, extra: Sequence[str] = ()
       others.append((name, read))
   top = _strip_top([name for name, _ in listed])
   prefix = top + inner
-  if inner:
-    if not any(n.startswith(prefix) for n, _ in listed):
-      raise DataError(f"no image files under {inner} in {path}")
+  if inner and not any(n.startswith(prefix) for n, _ in listed):
+    one = [(n.rsplit("/", 1)[-1], read) for n, read in listed if n + "/" == prefix]
+    if one:  # archive/inner/file.jpg: that one image
+      return one
+    raise DataError(f"no image files under {inner} in {path}")
   if folders is not None:
     folders.extend(d[len(top):] for d in dirs if d.startswith(top) and d != top.rstrip("/"))
   extra = set(extra)
   return ([(name[len(prefix):], read) for name, read in listed if name.startswith(prefix)]
           + [(name[len(prefix):], read) for name, read in others
              if name.startswith(prefix) and name[len(prefix):] in extra])
+
+
+def read_named_files(path: str, names: Sequence[str]) -> Dict[str, bytes]:
+  """``{name: bytes}`` of the files named (paths relative to ``path``, a directory or an
+  archive, read from inside an archive's one top folder) that exist; nothing else is read."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    return {n: open(os.path.join(path, n), "rb").read() for n in names
+            if os.path.isfile(os.path.join(path, n))}
+  if not (os.path.isfile(path) and path.lower().endswith(ARCHIVE_SUFFIXES)):
+    return {}
+  found = {m: read() for m, read in _archive_members(path, lambda m: m.split("/", 1)[-1] in names
+                                                     or m in names) if read is not None}
+  top = _strip_top(list(found))
+  return {m[len(top):]: data for m, data in found.items() if m[len(top):] in names}
 
 
 def iter_image_files(path: str, folders: list = None) -> Iterator[Tuple[str, bytes]]:

@@ -4,7 +4,8 @@ An **index** is a folder (``--output``, default ``WORKDIR/index``) holding
 
 * ``index.json`` -- the image files (paths relative to the indexed folder or
   archive, row ``i`` = code ``i``), the files that could not be read, the code
-  lengths, the quantizer, the source, and the model's digest;
+  lengths, the quantizer, the source, the model's digest, and each file's label
+  words where the source holds HashNet lists (:func:`nsh_jax.image_lists.read_words`);
 * ``codes_<b>bit.npz`` (checksummed packed codes, :func:`retrieval.save_index`)
   and ``codes_<b>bit.faiss`` (a faiss binary index) per length.
 
@@ -31,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nsh_jax import image_folder, plots, retrieval
+from nsh_jax import image_folder, image_lists, plots, retrieval
 from nsh_jax.errors import DataError
 from nsh_jax.files import format_duration, read_json, write_json
 
@@ -116,9 +117,11 @@ def build(source: str, out_dir: str, encode: Callable, codes_for: Callable,
       log(f"index: {done:,}/{len(files):,} images | {rate:.1f} images/s | "
           f"ETA {format_duration((len(files) - done) / max(rate, 1e-9))}")
   os.makedirs(out_dir, exist_ok=True)
+  words = image_lists.read_words(source)
   meta = {"files": meta["files"] + new_names, "skipped": meta.get("skipped", []) + skipped,
           "bits": bits, "model": model_digest, "quantizer": quantizer,
-          "source": os.path.abspath(os.path.expanduser(source)), "image_size": int(image_size)}
+          "source": os.path.abspath(os.path.expanduser(source)), "image_size": int(image_size),
+          "words": {**meta.get("words", {}), **{n: words[n] for n in new_names if n in words}}}
   for b in bits:
     parts = ([old[b]] if b in old else []) + new_codes[b]
     packed = np.concatenate(parts) if parts else np.zeros((0, (b + 7) // 8), np.uint8)
@@ -163,23 +166,39 @@ def search(out_dir: str, queries: str, encode: Callable, codes_for: Callable, bi
               for n, d in q_files]
   q_codes = retrieval.pack_codes(codes_for(_encode_all(encode, q_images), bits))
   dist, idx = retrieval.search(q_codes, codes[int(bits)], k)
+  words, q_words = meta.get("words", {}), image_lists.read_words(queries)
   result = {"index": os.path.abspath(out_dir), "bits": int(bits), "queries": []}
   for (name, _), d_row, i_row in zip(q_files, dist, idx):
     hits = [{"file": meta["files"][j], "distance": int(d)} for j, d in zip(i_row, d_row)]
-    result["queries"].append({"query": name, "results": hits})
-    log(f"query {name}:")
+    for h in hits:
+      if h["file"] in words:
+        h["words"] = words[h["file"]]
+    query = {"query": name, "results": hits}
+    if name in q_words:
+      query["words"] = q_words[name]
+    result["queries"].append(query)
+    log(f"query {name}:" + (f"  [{', '.join(q_words[name])}]" if name in q_words else ""))
     for rank, h in enumerate(hits, 1):
-      log(f"  {rank:2d}. {h['file']}  (Hamming {h['distance']})")
+      log(f"  {rank:2d}. {h['file']}  (Hamming {h['distance']})"
+          + (f"  [{', '.join(h['words'])}]" if "words" in h else ""))
   output = output or os.path.join(out_dir, "search.json")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   write_json(output, result)
   gallery_path = os.path.splitext(output)[0] + ".png"
-  shown = result["queries"][:8]
-  thumbs = _read_named(meta["source"], [h["file"] for q in shown for h in q["results"]], size)
-  plots.gallery(gallery_path, q_images[:8],
-                [[(thumbs[h["file"]], f"{os.path.basename(h['file'])} d={h['distance']}", None)
-                  for h in q["results"] if h["file"] in thumbs] for q in shown],
-                f"top {k} of {len(meta['files']):,} images, {bits}-bit codes",
-                query_titles=[os.path.basename(q["query"]) for q in shown])
+  _gallery(gallery_path, meta, result, q_images, size, k)
   log(f"wrote {output} and {gallery_path}")
   return result
+
+
+def _gallery(path: str, meta: dict, result: dict, q_images, size: int, k: int) -> None:
+  """The first 8 queries and their hits; a hit is framed green when it shares a label word
+  with the query, red when not (no frame without words)."""
+  shown = result["queries"][:8]
+  thumbs = _read_named(meta["source"], [h["file"] for q in shown for h in q["results"]], size)
+  shares = lambda q, h: (bool(set(q["words"]) & set(h["words"]))
+                         if "words" in q and "words" in h else None)
+  plots.gallery(path, q_images[:8],
+                [[(thumbs[h["file"]], f"{os.path.basename(h['file'])} d={h['distance']}",
+                   shares(q, h)) for h in q["results"] if h["file"] in thumbs] for q in shown],
+                f"top {k} of {len(meta['files']):,} images, {result['bits']}-bit codes",
+                query_titles=[os.path.basename(q["query"]) for q in shown])

@@ -21,6 +21,7 @@ number of labels, a label that is not 0 or 1, an image without a label, an empty
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from nsh_jax import image_folder
 from nsh_jax.errors import DataError
 
-__all__ = ["LISTS", "parse_list", "read_list_dataset"]
+__all__ = ["LISTS", "parse_list", "read_list_dataset", "read_words"]
 
 LISTS = ("train.txt", "database.txt", "test.txt")
 
@@ -90,3 +91,26 @@ def read_list_dataset(path: str, size: int) -> Tuple[Dict[str, tuple], Optional[
     paths, labels = lists[name]
     out[name[:-len(".txt")]] = (images[[row[p] for p in paths]], labels, paths)
   return out, classes
+
+
+def read_words(path: str) -> Dict[str, List[str]]:
+  """``{relative image path: its label names}`` from whatever HashNet lists ``path`` (a
+  directory or archive, or ``archive/inner/folder``: paths then relative to that folder)
+  holds; ``{}`` without lists.  Names from ``classes.txt``, else ``label <i>``.  What the
+  photo index prints beside each hit."""
+  root, inner = image_folder.split_inner(os.path.expanduser(path))
+  files = image_folder.read_named_files(root, LISTS + ("classes.txt",))
+  decode = lambda name: files[name].decode("utf-8", errors="replace")
+  classes = ([c.strip() for c in decode("classes.txt").splitlines() if c.strip()]
+             if "classes.txt" in files else None)
+  words = {}
+  for name in LISTS:
+    if name in files:
+      paths, labels = parse_list(f"{root}/{name}", decode(name),
+                                 len(classes) if classes else None)
+      for p, row in zip(paths, labels):
+        key = (p[len(inner):] if p.startswith(inner) else  # under archive/inner/
+               p.rsplit("/", 1)[-1] if p + "/" == inner else None)  # archive/inner/file.jpg
+        if key is not None:
+          words[key] = [classes[i] if classes else f"label {i}" for i in np.flatnonzero(row)]
+  return words

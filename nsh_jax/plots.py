@@ -122,7 +122,8 @@ def retrieval_examples(path: str, query_images, query_labels, db_images, db_labe
                        k: int = 10) -> str:
   """``plots/retrieval.png``: ``queries`` fixed queries (the first of each class while
   there are classes, then the next ones) and their top-``k`` database images by Hamming
-  distance of ``query_codes``/``db_codes`` (signs taken), relevant in green, others red."""
+  distance of ``query_codes``/``db_codes`` (signs taken), relevant (the same class, or a
+  shared label) in green, others red."""
   from nsh_jax import retrieval
   ql, dl = np.asarray(query_labels), np.asarray(db_labels)
   if ql.ndim == 1:
@@ -133,8 +134,11 @@ def retrieval_examples(path: str, query_images, query_labels, db_images, db_labe
     pick = list(range(min(queries, len(ql))))
   pack = lambda c: retrieval.pack_codes(np.asarray(c))
   dist, idx = retrieval.search(pack(query_codes[pick]), pack(db_codes), k)
-  name = lambda y: (class_names[int(y)] if class_names is not None and np.ndim(y) == 0
-                    else str(int(y)) if np.ndim(y) == 0 else "")
+  def name(y):  # a class name, or a multi-hot row's first two label names
+    if np.ndim(y) == 0:
+      return class_names[int(y)] if class_names is not None else str(int(y))
+    on = [class_names[i] if class_names is not None else str(i) for i in np.flatnonzero(y)]
+    return ",".join(on[:2]) + ("..." if len(on) > 2 else "")
   rel = (lambda a, b: bool(a == b)) if ql.ndim == 1 else (lambda a, b: bool(np.dot(a, b) > 0))
   results = [[(db_images[j], f"{name(dl[j])} d={d}", rel(ql[i], dl[j]))
               for j, d in zip(idx[r], dist[r])] for r, i in enumerate(pick)]

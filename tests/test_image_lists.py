@@ -171,3 +171,39 @@ def test_list_configs_run_end_to_end_on_a_tiny_fixture(tmp_path, config):
   assert m["split_sizes"] == {"train": 42, "query": 8, "database": 48, "validation": 6}
   assert m["class_names"] == [f"word{i}" for i in range(4)]
   shutil.rmtree(tmp_path / "cache")
+
+
+def test_photo_index_prints_each_hits_words_and_frames_shared_labels(tmp_path, monkeypatch):
+  """Index and search a list dataset's photos (an encoder of pixels, no training): every
+  hit carries its words from the lists, the query its own, and the gallery frames a hit
+  green exactly when it shares a word with the query."""
+  from nsh_jax import image_index, plots
+  root = str(tmp_path / "lists")
+  db_y, test_y = make_lists(root, n_db=20, n_test=4)
+  archive = _archive(root, "tar.xz", str(tmp_path / "lists.tar.xz"))
+  proj = np.random.default_rng(0).normal(size=(32 * 32 * 3, 16)).astype(np.float32)
+  encode = lambda images: images.reshape(len(images), -1).astype(np.float32) @ proj
+  codes_for = lambda emb, b: emb[:, :b]
+  image_index.build(archive, str(tmp_path / "index"), encode, codes_for, [16], "m", 32, "sign",
+                    log=lambda *a: None)
+  frames = []
+  monkeypatch.setattr(plots, "gallery", lambda path, q, results, *a, **k: frames.extend(
+      [[c for _, _, c in row] for row in results]))
+  lines = []
+  out = image_index.search(str(tmp_path / "index"), archive + "/test", encode, codes_for, 16,
+                           "m", k=5, output=str(tmp_path / "hits.json"), log=lines.append)
+  word = lambda y: [f"word{i}" for i in np.flatnonzero(y)]
+  for i, q in enumerate(out["queries"]):
+    assert q["query"] == f"{i:03d}.png" and q["words"] == word(test_y[i])
+    for h, framed in zip(q["results"], frames[i]):
+      split, num = h["file"].split("/")
+      want = word((db_y if split == "database" else test_y)[int(num[:3])])
+      assert h["words"] == want
+      assert framed == bool(set(want) & set(q["words"]))
+  assert lines[0] == f"query 000.png:  [{', '.join(word(test_y[0]))}]"
+  assert lines[1].endswith("]") and "(Hamming " in lines[1]
+  # one file of the archive as the query: its words too
+  one = image_index.search(str(tmp_path / "index"), archive + "/test/002.png", encode,
+                           codes_for, 16, "m", k=3, output=str(tmp_path / "one.json"),
+                           log=lambda *a: None)
+  assert one["queries"][0]["words"] == word(test_y[2])
