@@ -145,6 +145,9 @@ def get_config():
   # what a user reads; a table that computes its own baselines turns them off.
   config.eval.baselines = True
   config.eval.plots = True
+  # The ceiling rows: the cosine ranking of the continuous frozen features and of the hash
+  # layer (what codes made from them can reach), every depth, test and validation queries.
+  config.eval.ceiling = True
   config.eval.quantizers = ("sign", "itq", "h2q")  # compared by --mode=quantize
 
   config.quantizer = "sign"

@@ -8,7 +8,7 @@ queries and, where the protocol has them, on the validation queries.  Prints
 (checksummed ``.npz`` indexes and faiss binary indexes), the continuous embeddings, the
 fitted quantizer (``codes/quantizer.npz``: ``--mode=encode``/``index``/``search`` code new
 images as the database was coded) and plots.  With ``reference=True`` it adds the
-reference rows of :func:`baselines`.
+reference rows of :func:`baselines` and the ceiling rows of :func:`ceilings`.
 """
 
 from __future__ import annotations
@@ -188,10 +188,11 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
                householder.apply(q, emb["database"][:, :b])) for b, q in quantizers.items()}
   result = _score(config, splits, codes, log)
   curves = {}
+  features = inputs.frozen_features() if reference else None
   if reference and config.eval.get("baselines", True):
-    features = inputs.frozen_features()
     curves = baselines(config, splits, features, log)
     result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
+  if reference and config.eval.get("ceiling", True):
     result["ceiling"] = ceilings(config, splits, emb, features, log)
   if workdir:
     _write(config, workdir, result, emb, codes, quantizers, splits, curves, log)
