@@ -27,12 +27,12 @@ malloc.tune()
 xla_cpu.apply_defaults()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import cifar_prefix_pretrained  # noqa: E402
-from nsh_jax import augment, efficientnet, state as state_lib, step as step_lib  # noqa: E402
+from nsh_jax import augment, efficientnet, encoder_input, state as state_lib  # noqa: E402
+from nsh_jax import step as step_lib  # noqa: E402
 from nsh_jax import torch_checkpoint  # noqa: E402
 
 BATCH = 64
@@ -95,9 +95,10 @@ def head_steps(args):
       c.loss.name, c.train.batch_size = name, batch
       mesh = state_lib.make_mesh()
       data = NamedSharding(mesh, P("data"))
-      st = jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(0), (1280,),
-                                                       "features"), NamedSharding(mesh, P()))
-      step = step_lib.make_train_step(c, mesh, views=step_lib.cached_views(c))
+      inputs = encoder_input.create(c)  # the heads on cached features, no data needed
+      st = jax.device_put(state_lib.create_train_state(c, jax.random.PRNGKey(0), inputs),
+                          NamedSharding(mesh, P()))
+      step = step_lib.make_train_step(c, mesh, inputs.views)
       feats = jax.device_put(rng.normal(size=(batch, c.features.views, 1280)).astype(np.float32),
                              data)
       labels = jax.device_put(np.zeros(batch, np.int32), data)

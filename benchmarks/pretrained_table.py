@@ -2,8 +2,8 @@
 
   python benchmarks/pretrained_table.py --config configs/cifar.py --workdir runs/lite2_table \
       --trials 4 --seeds 0 1 2 --out runs/lite2_table.md      # Lite2 (the default); :lite0 for Lite0
-  python benchmarks/pretrained_table.py --config configs/cifar_prefix_pretrained.py \
-      --val-per-class 50 --workdir runs/prefix_table --out docs/pretrained_table.md
+  python benchmarks/pretrained_table.py --config configs/corel5k.py --workdir runs/corel_table \
+      --only nsh nsh-no-sort contrastive cibhash --out runs/corel_table.md
 
 For each trained method (NSH; NSH without SortedNCE; contrastive hashing on sign codes; the
 NSH paper's Table 1 baselines CIBHash, GreedyHash, BiHalf as their authors' code computes them):
@@ -19,29 +19,27 @@ NSH paper's Table 1 baselines CIBHash, GreedyHash, BiHalf as their authors' code
    queries) and, through ``features.seed = -1``, its own cached views.
 3. **The table**, on the test queries: mean +- sample std (ddof = 1) per length, the paired
    per-seed differences NSH - control, each trained row with sign codes and with ITQ fitted on
-   its learned layer (``--mode=quantize``), and ITQ / H2Q / LSH on the same seed's frozen features.
+   its learned layer (``--mode=quantize``), ITQ / H2Q / LSH on the same seed's frozen
+   features, and the ceilings: the frozen features' and each trained row's hash layer's own
+   cosine ranking.
 
-Runs live in ``WORKDIR/<method>-<digest>``: the digest covers the overrides and the code
-version, and a run dir is reused only if its ``metrics.json`` records exactly the config asked
-for and a clean checkout at the current commit -- never a run of other code or another config.
-So a table interrupted (or run in parts, ``--only``) resumes where it stopped at the same
-commit; ``--out`` is rewritten after every method with the rows so far.
+Runs go through ``benchmarks/runs.py`` (reused only at the same clean commit), so a table
+interrupted (or run in parts, ``--only``) resumes where it stopped; ``--out`` is rewritten
+after every method with the rows so far.  Lengths, mAP@k and depths are the config's
+(``model.bit_list``, ``eval.top_k``, ``eval.depths``); the ceiling rows come from the seed
+runs (the hash layer's cosine ranking) and from each seed's frozen features.
 """
 
 import argparse
-import hashlib
 import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import runs  # noqa: E402
 
-BITS = (16, 32, 64)
 METHODS = {  # name -> fixed overrides
     "nsh": [],
     "nsh-no-sort": ["--config.loss.sorted_weight=0"],
@@ -50,8 +48,8 @@ METHODS = {  # name -> fixed overrides
     "greedyhash": ["--config.loss.name=greedyhash"],
     "bihalf": ["--config.loss.name=bihalf"],
 }
-# Every run: no per-run pixel/feature baselines or plots (posthoc() computes the
-# baselines once per seed), and only the quantizers the table reads.
+# Every run: no per-run pixel/feature baselines or plots (posthoc() computes the baselines once
+# per seed), only the quantizers the table reads; the ceiling in the seed runs only.
 RUN_FLAGS = ["--config.eval.baselines=False", "--config.eval.plots=False",
              "--config.eval.quantizers=('sign','itq')"]
 SHARED_GRID = {  # dimensions every method is searched over
@@ -85,44 +83,19 @@ def _trials(method: str, n: int, seed: int = 0):
   return out
 
 
-def _code_version():
-  from nsh_jax.files import code_version
-  v = code_version()
-  if not v["commit"] or v["dirty"]:
-    sys.exit("run from a clean git checkout: every row must record the commit it measured")
-  return v
-
-
-def _flags(overrides: dict):
-  return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
-
-
-def run(args, method, overrides: dict, seed: int, version):
-  """metrics.json of one training run (reused only if config and commit match)."""
-  seeded = dict(overrides, **{"seed": seed, "dataset.split_seed": seed})
+def run(args, method, overrides: dict, seed: int, version, ceiling: bool):
+  """``(metrics.json, quantize.json)`` of one training run (:func:`runs.run`)."""
+  seeded = dict(overrides, **{"seed": seed, "dataset.split_seed": seed,
+                              "eval.ceiling": ceiling})
   if args.val_per_class:
     seeded["dataset.val_queries_per_class"] = args.val_per_class
-  flags = [f"--config={args.config}"] + METHODS[method] + RUN_FLAGS + _flags(seeded)
-  digest = hashlib.sha256(json.dumps([flags, version["commit"]]).encode()).hexdigest()[:12]
-  wd = os.path.join(args.workdir, f"{method}-{digest}")
-  path = os.path.join(wd, "metrics.json")
-  if os.path.exists(path):
-    m = json.load(open(path))
-    if m.get("code_version", {}).get("commit") == version["commit"] and not m["code_version"][
-        "dirty"] and os.path.exists(os.path.join(wd, "quantize.json")):
-      return m, json.load(open(os.path.join(wd, "quantize.json")))
-  cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={wd}"] + flags
-  t = time.time()
-  for extra in ([], ["--mode=quantize"]):
-    res = subprocess.run(cmd + extra, cwd=ROOT, capture_output=True, text=True)
-    if res.returncode:
-      sys.exit(f"{method} {seeded} failed:\n{res.stderr[-3000:]}")
-  print(f"  {method} seed {seed} {overrides}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-  return json.load(open(path)), json.load(open(os.path.join(wd, "quantize.json")))
+  flags = [f"--config={args.config}"] + METHODS[method] + RUN_FLAGS + runs.flags(seeded)
+  m, extra = runs.run(args.workdir, method, flags, version, modes=("quantize",))
+  return m, extra["quantize"]
 
 
-def _val_score(m):
-  return float(np.mean([m["validation"][str(b)]["map"] for b in BITS]))
+def _val_score(m, bits):
+  return float(np.mean([m["validation"][str(b)]["map"] for b in bits]))
 
 
 def _cell(values):
@@ -130,81 +103,121 @@ def _cell(values):
   return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 
 
-DEPTHS = ("100", "1000", "5000", "all")
-REPORTED = {  # the NSH paper's Table 1, CIFAR-10 mAP@1000 (VGG-16, official pixels)
-    "ITQ": (.305, .325, .349), "GreedyHash": (.448, .473, .501), "BiHalf": (.561, .576, .595),
-    "CIBHash": (.590, .622, .641), "NSH": (.706, .733, .756)}
+# The NSH paper's Table 1 (VGG-16): CIFAR-10 mAP@1000 (official pixels), NUS-WIDE and MS-COCO
+# mAP@5000; the multi-label columns are other datasets than Corel-5k.
+REPORTED = {
+    "cifar10": {"ITQ": (.305, .325, .349), "GreedyHash": (.448, .473, .501),
+                "BiHalf": (.561, .576, .595), "CIBHash": (.590, .622, .641),
+                "NSH": (.706, .733, .756)},
+    "NUS-WIDE": {"ITQ": (.627, .645, .664), "GreedyHash": (.633, .691, .731),
+                 "CIBHash": (.790, .807, .815), "NSH": (.758, .811, .824)},
+    "MS-COCO": {"ITQ": (.598, .624, .648), "GreedyHash": (.582, .668, .710),
+                "CIBHash": (.737, .760, .775), "NSH": (.746, .774, .783)},
+}
 
 
-def _profile(r):
-  """``{depth: mAP, 'p_at_h2': ...}`` of one length's report."""
-  return dict({d: r["map_at"][d] for d in DEPTHS}, p_at_h2=r["p_at_h2"])
+class Table:
+  """The lengths, depths and mAP@k of the config the table measures."""
+
+  def __init__(self, config_path):
+    c = runs.load_config(config_path)
+    self.bits = tuple(sorted(int(b) for b in c.model.bit_list))
+    self.top = str(c.eval.top_k or "all")
+    depths = tuple(c.eval.get("depths", ())) + (c.eval.top_k or 0,)
+    self.depths = tuple(dict.fromkeys(str(d or "all") for d in depths))
+    self.multi_label = c.dataset.name.startswith("lists:")
+
+  def profile(self, r):
+    """``{depth: mAP, 'p_at_h2': ...}`` of one length's report."""
+    return dict({d: r["map_at"][d] for d in self.depths}, p_at_h2=r["p_at_h2"])
 
 
-def load_config(path: str):
-  """The config of a config file (``configs/cifar.py``, or ``configs/cifar.py:lite2`` for a
-  variant), as ``main.py --config=`` reads it."""
-  import importlib.util
-  path, _, variant = path.partition(":")
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(variant) if variant else mod.get_config()
-
-
-def posthoc(args, seeds):
-  """ITQ / H2Q / LSH on each seed's clean frozen features (its own split):
-  ``(mAP@1000 rows, depth-profile rows)``."""
-  from nsh_jax import feature_cache, householder, input_pipeline, metrics, train
-  rows = {f"{n} on features": [] for n in ("itq", "h2q", "lsh")}
+def posthoc(args, table, seeds):
+  """Per seed (its own split): ITQ / H2Q / LSH on the clean frozen features and their cosine
+  ranking (the ceiling): ``(mAP@k rows, depth-profile rows)``."""
+  from nsh_jax import encoder_input, householder, input_pipeline, metrics
+  names = ("itq", "h2q", "lsh")
+  rows = {f"{n} on features": [] for n in names}
+  rows["features, cosine (ceiling)"] = []
   profiles = {name: [] for name in rows}
   for s in seeds:
-    c = load_config(args.config)
+    c = runs.load_config(args.config)
     c.seed, c.dataset.split_seed = s, s
-    splits = input_pipeline.load(c)
-    variables, digest = train.backbone_variables(c)
-    fs = feature_cache.load_or_extract(c, splits, variables, digest, log=lambda *a: None)
-    for n in ("itq", "h2q", "lsh"):
-      by_bits, prof = {}, {}
-      for b in BITS:
-        q = householder.fit(n, fs.train, bits=b, seed=s)
-        qc, dc = (householder.apply(q, x) for x in (fs.query, fs.database))
-        ql, dl = splits.query_labels, splits.db_labels
-        prof[b] = {d: metrics.mean_average_precision(qc, dc, ql, dl, None if d == "all" else int(d))
-                   for d in DEPTHS}
+    inputs = encoder_input.create(c, input_pipeline.load(c), log=lambda *a: None)
+    f, splits = inputs.frozen_features(), inputs.splits
+    ql, dl = splits.query_labels, splits.db_labels
+    at = lambda d: None if d == "all" else int(d)
+    for n in names:
+      prof = {}
+      for b in table.bits:
+        q = householder.fit(n, f.train, bits=b, seed=s)
+        qc, dc = (householder.apply(q, x) for x in (f.query, f.database))
+        prof[b] = {d: metrics.mean_average_precision(qc, dc, ql, dl, at(d)) for d in table.depths}
         prof[b]["p_at_h2"] = metrics.precision_within_radius(qc, dc, ql, dl, 2)
-        by_bits[b] = prof[b]["1000"]
-      rows[f"{n} on features"].append(by_bits)
+      rows[f"{n} on features"].append({b: prof[b][table.top] for b in table.bits})
       profiles[f"{n} on features"].append(prof)
+    cos = metrics.cosine_map(f.query, f.database, ql, dl, [at(d) for d in table.depths])
+    prof = {d: cos[at(d)] for d in table.depths}
+    rows["features, cosine (ceiling)"].append({b: prof[table.top] for b in table.bits})
+    profiles["features, cosine (ceiling)"].append({b: dict(prof, p_at_h2=float("nan"))
+                                                   for b in table.bits})
   return rows, profiles
 
 
-def report(args, version, rows, profiles, selection, done: bool) -> str:
+def report(args, table, version, rows, profiles, selection, done: bool) -> str:
   """The markdown report of the rows so far."""
-  lines = [f"mAP@1000 on the test queries, seeds {args.seeds} (mean ± sample std, ddof = 1), "
+  bits, top = table.bits, table.top
+  lines = [f"mAP@{top} on the test queries, seeds {args.seeds} (mean ± sample std, ddof = 1), "
            f"code {version['commit'][:10]}; `python benchmarks/pretrained_table.py "
            f"{' '.join(sys.argv[1:])}`" + ("" if done else " -- **in progress**"), "",
-           "| method | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * 3]
+           "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+           "|---|" + "---|" * len(bits)]
   for name, per_seed in rows.items():
-    lines.append(f"| {name} | " + " | ".join(_cell([r[b] for r in per_seed]) for b in BITS) + " |")
-  for name, v in REPORTED.items():
-    lines.append(f"| *reported (VGG-16, official pixels)*: {name} | "
-                 + " | ".join(f"{x:.3f}" for x in v) + " |")
+    lines.append(f"| {name} | " + " | ".join(_cell([r[b] for r in per_seed]) for b in bits) + " |")
+  for dataset, reported in REPORTED.items():
+    if (dataset == "cifar10") == table.multi_label:
+      continue
+    where = ("VGG-16, official pixels, mAP@1000" if dataset == "cifar10" else
+             f"{dataset}, another dataset, VGG-16, mAP@5000")
+    for name, v in reported.items():
+      lines.append(f"| *reported ({where})*: {name} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
   if "nsh" in rows:
     lines += ["", "Paired per-seed differences (NSH - other), per length:"]
-    for name in [n for n in rows if n not in ("nsh",) and "ITQ on its layer" not in n]:
-      diffs = {b: [a[b] - c[b] for a, c in zip(rows["nsh"], rows[name])] for b in BITS}
+    for name in [n for n in rows if n != "nsh" and "ITQ on its layer" not in n]:
+      diffs = {b: [a[b] - c[b] for a, c in zip(rows["nsh"], rows[name])] for b in bits}
       lines.append(f"- vs {name}: " + "; ".join(
-          f"{b} bits " + " ".join(f"{d:+.4f}" for d in diffs[b]) for b in BITS))
-  lines += ["", "Depth profile (test queries, mean over seeds): mAP@100 / @1000 / @5000 / over "
-            "the whole database, and P@H<=2 (sign codes for trained rows)", "",
-            "| method | bits | @100 | @1000 | @5000 | all | P@H<=2 |", "|---|---|---|---|---|---|---|"]
+          f"{b} bits " + " ".join(f"{d:+.4f}" for d in diffs[b]) for b in bits))
+  lines += ["", "Depth profile (test queries, mean over seeds): mAP at each depth and P@H<=2 "
+            "(sign codes for trained rows; a cosine ranking has no Hamming radius)", "",
+            "| method | bits | " + " | ".join(f"@{d}" for d in table.depths) + " | P@H<=2 |",
+            "|---|---|" + "---|" * (len(table.depths) + 1)]
   for name, per_seed in profiles.items():
-    for b in BITS:
-      vals = [np.mean([p[b][k] for p in per_seed]) for k in DEPTHS + ("p_at_h2",)]
-      lines.append(f"| {name} | {b} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    for b in bits:
+      vals = [np.mean([p[b][k] for p in per_seed]) for k in table.depths + ("p_at_h2",)]
+      lines.append(f"| {name} | {b} | " + " | ".join(
+          "—" if np.isnan(v) else f"{v:.4f}" for v in vals) + " |")
   lines += ["", f"Selection (validation mAP, mean over lengths, seed {args.seeds[0]}):"] + selection
   return "\n".join(lines)
+
+
+def _method(args, table, version, method, rows, profiles, selection):
+  """Selection on validation (``--trials`` settings, seed ``seeds[0]``), then the seeds."""
+  scored = []
+  for trial in _trials(method, args.trials):
+    m, _ = run(args, method, trial, args.seeds[0], version, ceiling=False)
+    if "validation" not in m:
+      sys.exit("the config has no validation queries: give --val-per-class")
+    scored.append((_val_score(m, table.bits), trial))
+  best = max(scored, key=lambda t: t[0])
+  selection.append(f"- {method}: " + "; ".join(f"{json.dumps(t)} val {v:.4f}" for v, t in scored)
+                   + f" -> kept {json.dumps(best[1])}")
+  done = [run(args, method, best[1], s, version, ceiling=True) for s in args.seeds]
+  bits = table.bits
+  rows[method] = [{b: m["by_bits"][str(b)]["map"] for b in bits} for m, _ in done]
+  rows[f"{method} + ITQ on its layer"] = [{b: q[str(b)]["itq"] for b in bits} for _, q in done]
+  rows[f"{method}: hash layer, cosine (ceiling)"] = [
+      {b: m["ceiling"][f"hash layer {b}"]["map_at"][table.top] for b in bits} for m, _ in done]
+  profiles[method] = [{b: table.profile(m["by_bits"][str(b)]) for b in bits} for m, _ in done]
 
 
 def main():
@@ -218,34 +231,23 @@ def main():
   p.add_argument("--only", nargs="*", help="run only these methods")
   p.add_argument("--out", help="also write the report (markdown) here, after every method")
   args = p.parse_args()
-  os.chdir(ROOT)
-  version = _code_version()
+  os.chdir(runs.ROOT)
+  version = runs.code_version()
+  table = Table(args.config)
   methods = [m for m in METHODS if not args.only or m in args.only]
   selection, rows, profiles = [], {}, {}
 
   def write(done):
-    text = report(args, version, rows, profiles, selection, done)
+    text = report(args, table, version, rows, profiles, selection, done)
     if args.out:
       with open(args.out, "w") as f:
         f.write(text + "\n")
     return text
 
   for method in methods:
-    scored = []
-    for trial in _trials(method, args.trials):
-      m, _ = run(args, method, trial, args.seeds[0], version)
-      if "validation" not in m:
-        sys.exit("the config has no validation queries: give --val-per-class")
-      scored.append((_val_score(m), trial))
-    best = max(scored, key=lambda t: t[0])
-    selection.append(f"- {method}: " + "; ".join(f"{json.dumps(t)} val {v:.4f}" for v, t in scored)
-                     + f" -> kept {json.dumps(best[1])}")
-    runs = [run(args, method, best[1], s, version) for s in args.seeds]
-    rows[method] = [{b: m["by_bits"][str(b)]["map"] for b in BITS} for m, _ in runs]
-    rows[f"{method} + ITQ on its layer"] = [{b: q[str(b)]["itq"] for b in BITS} for _, q in runs]
-    profiles[method] = [{b: _profile(m["by_bits"][str(b)]) for b in BITS} for m, _ in runs]
+    _method(args, table, version, method, rows, profiles, selection)
     write(done=False)
-  extra_rows, extra_profiles = posthoc(args, args.seeds)
+  extra_rows, extra_profiles = posthoc(args, table, args.seeds)
   rows.update(extra_rows)
   profiles.update(extra_profiles)
   print(write(done=True))

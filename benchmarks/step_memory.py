@@ -29,7 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import cifar_prefix_pretrained  # noqa: E402
-from nsh_jax import input_pipeline, state as state_lib, step as step_lib, train  # noqa: E402
+from nsh_jax import (encoder_input, input_pipeline, state as state_lib,  # noqa: E402
+                     step as step_lib)
 
 VARIANTS = {"NSH": {}, "NSH + diagnostics": {"train.diagnostics": True},
             "no-sort control": {"loss.sorted_weight": 0.0}}
@@ -51,8 +52,8 @@ def _step_gib(config, inputs, mesh, batch: int, overrides: dict):
   for key, value in overrides.items():
     section, name = key.split(".")
     c[section][name] = value
-  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), inputs.shape, inputs.backbone)
-  fn = step_lib.make_train_step(c, mesh, None, inputs.views)
+  state = state_lib.create_train_state(c, jax.random.PRNGKey(0), inputs)
+  fn = step_lib.make_train_step(c, mesh, inputs.views)
   first = np.asarray(inputs.train[:1])  # one training example: its shape and dtype
   spec = jax.ShapeDtypeStruct((batch,) + first.shape[1:], first.dtype)
   compiled = fn.lower(state, spec, jax.ShapeDtypeStruct((batch,), jnp.int32)).compile()
@@ -71,7 +72,7 @@ def main():
   variants = {v: VARIANTS[v] for v in args.variants}
   os.chdir(ROOT)
   config = cifar_prefix_pretrained.get_config()
-  inputs = train.model_inputs(config, input_pipeline.load(config), log=lambda *a: None)
+  inputs = encoder_input.create(config, input_pipeline.load(config), log=lambda *a: None)
   mesh = state_lib.make_mesh()
   print("| batch | " + " | ".join(f"{v} (GiB)" for v in variants) + " |")
   print("|---|" + "---|" * len(variants))

@@ -31,10 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import pretrained_table  # noqa: E402  (run keying, lengths, depths)
-
-BITS = pretrained_table.BITS
-DEPTHS = pretrained_table.DEPTHS
+from benchmarks import pretrained_table, runs  # noqa: E402  (the table's runs and its config)
 # name -> overrides of the config (one factor each); "config" is the unchanged config.
 SWEEP = {
     "config": {},
@@ -60,7 +57,7 @@ SWEEP = {
 }
 
 
-def _row(name, per_seed, base):
+def _row(table, name, per_seed, base):
   """Markdown rows (one per length) of a variant: validation depth profile (mean over
   seeds) and its paired difference from the unchanged config at @100 / @1000."""
   def at(m, b, d):  # mAP at depth d; a config without eval.depths has its top_k only
@@ -68,9 +65,9 @@ def _row(name, per_seed, base):
     return r["map_at"][d] if "map_at" in r else (r["map"] if d == str(r["top_k"]) else None)
 
   out = []
-  for b in BITS:
+  for b in table.bits:
     cells = []
-    for d in DEPTHS:
+    for d in table.depths:
       vals = [at(m, b, d) for m in per_seed]
       cells.append("—" if None in vals else f"{np.mean(vals):.4f}")
     p100 = [m["validation"][str(b)]["precision_at_n"]["100"] for m in per_seed]
@@ -97,8 +94,9 @@ def main():
                  help="a subset of the sweep (the config always runs; none given: the config alone)")
   p.add_argument("--out", help="also write the report (markdown) here, after every variant")
   args = p.parse_args()
-  os.chdir(pretrained_table.ROOT)
-  version = pretrained_table._code_version()
+  os.chdir(runs.ROOT)
+  version = runs.code_version()
+  table = pretrained_table.Table(args.config)
   unknown = set(args.variants or ()) - set(SWEEP)
   if unknown:
     sys.exit(f"unknown variants {sorted(unknown)}; the sweep has {list(SWEEP)}")
@@ -106,17 +104,17 @@ def main():
                                                                 or n in args.variants)]
   results = {}
   for name in names:
-    results[name] = [pretrained_table.run(args, args.method, SWEEP[name], s, version)[0]
-                     for s in args.seeds]
+    results[name] = [pretrained_table.run(args, args.method, SWEEP[name], s, version,
+                                          ceiling=False)[0] for s in args.seeds]
     if "validation" not in results[name][0]:
       sys.exit("the config has no validation queries: give --val-per-class")
     lines = [f"{args.method} on **validation** queries, seeds {args.seeds}, code "
              f"{version['commit'][:10]}; `python benchmarks/validation_sweep.py "
              f"{shlex.join(sys.argv[1:])}`" + ("" if name == names[-1] else " -- **in progress**"),
-             "", "| variant | bits | @100 | @1000 | @5000 | all | P@100 | Δ@100 | Δ@1000 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| variant | bits | " + " | ".join(f"@{d}" for d in table.depths)
+             + " | P@100 | Δ@100 | Δ@1000 |", "|---|---|" + "---|" * (len(table.depths) + 3)]
     for n, per_seed in results.items():
-      lines += _row(n, per_seed, results["config"])
+      lines += _row(table, n, per_seed, results["config"])
     lines += ["", "Overrides: " + "; ".join(f"{n}: {json.dumps(SWEEP[n])}" for n in results)]
     text = "\n".join(lines)
     if args.out:
