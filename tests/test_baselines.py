@@ -240,6 +240,7 @@ def test_baselines_bring_their_own_code_terms():
   assert float(total) > float(main)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cibhash", "greedyhash", "bihalf"])
 def test_each_baseline_trains_through_main(tmp_path, name):
   wd = str(tmp_path / name)

@@ -26,6 +26,7 @@ def _brute_force(q_packed, db_packed, k):
   return np.take_along_axis(dist, order, 1), order
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_plots(trained):
   workdir, args = trained
   path = os.path.join(workdir, "metrics.json")
@@ -57,6 +58,7 @@ def test_evaluate_writes_metrics_and_plots(trained):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_encode_and_search_match_brute_force(trained, tmp_path):
   from nsh_jax import retrieval
   workdir, args = trained
@@ -87,6 +89,7 @@ def test_encode_and_search_match_brute_force(trained, tmp_path):
     assert res.stdout.count("query ") == 10
 
 
+@pytest.mark.slow
 def test_search_refuses_damaged_or_mismatched_files(trained, tmp_path):
   """In-process (the one-line printing of such errors is main.py's, tested with bad configs)."""
   from configs import default
@@ -108,6 +111,7 @@ def test_search_refuses_damaged_or_mismatched_files(trained, tmp_path):
     assert code == 2 and "\n" not in msg and expect in msg, msg
 
 
+@pytest.mark.slow
 def test_encode_codes_with_the_fitted_quantizer_and_needs_it(trained, tmp_path):
   """The default config codes with ITQ fitted at evaluation: encode applies the saved
   rotation (the database codes above match), and says in one line when it is missing."""
@@ -124,6 +128,7 @@ def test_encode_codes_with_the_fitted_quantizer_and_needs_it(trained, tmp_path):
   assert res.returncode == 2 and len(err) == 1 and "--mode=evaluate" in err[0], res.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_quantize_mode_reproduces_the_run_and_compares_quantizers(trained):
   """sign / ITQ / H2Q on the trained run: ITQ (the run's own quantizer) gives the run's
   mAP exactly, and sign codes the brute-force mAP of the saved embeddings' signs."""
@@ -141,6 +146,7 @@ def test_quantize_mode_reproduces_the_run_and_compares_quantizers(trained):
   assert 0 < table["h2q"] <= 1 and "| 16 |" in res.stdout
 
 
+@pytest.mark.slow
 def test_evaluation_without_baselines_plots_or_h2q(trained, tmp_path):
   """What a table that computes its own baselines asks for: none per run, no plots, and
   --mode=quantize with only the quantizers named; the model's numbers unchanged."""
@@ -166,6 +172,7 @@ def test_evaluation_without_baselines_plots_or_h2q(trained, tmp_path):
       "error: config.eval.quantizers has 'pq', not one of ('sign', 'h2q', 'itq', 'lsh')")
 
 
+@pytest.mark.slow
 def test_retrieval_plot_is_written(trained):
   from PIL import Image
   workdir, _ = trained
@@ -183,6 +190,7 @@ def _photo_folder(root, images, start=0):
   return root
 
 
+@pytest.mark.slow
 def test_index_codes_equal_the_runs_database_codes_and_grow(trained, tmp_path):
   """A photo folder of the run's own database images gets the run's database codes; a
   grown folder encodes only the new files; unreadable files are skipped and counted."""
@@ -213,6 +221,7 @@ def test_index_codes_equal_the_runs_database_codes_and_grow(trained, tmp_path):
   assert "index: 0 new image file(s)" in logs[0]
 
 
+@pytest.mark.slow
 def test_search_by_image_prints_files_and_draws_the_gallery(trained, tmp_path):
   from PIL import Image
   from nsh_jax import input_pipeline
@@ -273,3 +282,22 @@ def test_index_of_another_model_is_refused(tmp_path):
   hits = image_index.search(out, str(photos / "img0003.png"), encode, lambda e, b: e[:, :b],
                             16, "model-A", k=2, log=lambda *a: None)
   assert hits["queries"][0]["results"][0] == {"file": "img0003.png", "distance": 0}
+
+
+def test_train_evaluate_encode_in_process(tmp_path):
+  """The fast tier's run of the trainer and the modes (the slow tests run main.py itself):
+  train two steps, evaluate again (the same numbers), encode the database (the same codes)."""
+  from nsh_jax import modes, retrieval
+  c = tiny_config(steps=2)
+  wd = str(tmp_path / "run")
+  modes.MODES.get("train")(c, wd, {})
+  first = json.load(open(os.path.join(wd, "metrics.json")))
+  assert [h["step"] for h in first["history"]] == [2] and "hash layer 16" in first["ceiling"]
+  modes.MODES.get("evaluate")(c, wd, {})
+  again = json.load(open(os.path.join(wd, "metrics.json")))
+  assert again["by_bits"]["16"]["map"] == first["by_bits"]["16"]["map"]
+  assert again["history"] == first["history"]
+  modes.MODES.get("encode")(c, wd, {"output": str(tmp_path / "db.npz")})
+  np.testing.assert_array_equal(
+      retrieval.load_index(str(tmp_path / "db.npz"))["codes"],
+      retrieval.load_index(os.path.join(wd, "codes", "database_16bit.npz"))["codes"])

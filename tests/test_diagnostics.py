@@ -71,6 +71,7 @@ def test_subtree_norm_counts_only_the_named_head():
   assert float(diagnostics.subtree_norm(tree, "hash")) == pytest.approx(np.sqrt(4 + 4))
 
 
+@pytest.mark.slow
 def test_trainer_logs_diagnostics(tmp_path):
   workdir = str(tmp_path / "run")
   res = run_main(TINY + ["--config.train.steps=4", "--config.train.diagnostics=True",

@@ -118,6 +118,7 @@ def test_another_split_of_the_same_images_computes_only_its_views(tmp_path):
   assert (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).all()
 
 
+@pytest.mark.slow
 def test_training_on_the_cache_end_to_end(tmp_path):
   rng = np.random.default_rng(1)
   data = str(tmp_path / "d.npz")

@@ -136,6 +136,7 @@ def test_empty_class_folder_and_bad_archives(tmp_path):
     input_pipeline.load(_config(_write(tmp_path, _files({"train": 3}), "dir", "only_train")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dir", "tar.xz", "zip"])
 def test_folder_end_to_end_through_main(tmp_path, kind):
   path = _write(tmp_path, _files({"train": 16, "test": 4}), kind)
@@ -149,6 +150,7 @@ def test_folder_end_to_end_through_main(tmp_path, kind):
   assert m["config"]["dataset"]["name"] == f"folder:{path}" and m["code_version"]["package"]
 
 
+@pytest.mark.slow
 def test_corrupt_image_through_main_is_one_line(tmp_path):
   path = _write(tmp_path, _broken("corrupt"), "zip")
   res = run_main(TINY + [f"--config.dataset.name=folder:{path}", f"--workdir={tmp_path / 'r'}"])
@@ -217,6 +219,7 @@ def test_standard_protocol_validation_comes_out_of_training():
   np.testing.assert_array_equal(tr, np.setdiff1d(np.arange(20), val))  # original order kept
 
 
+@pytest.mark.slow
 def test_no_leakage_labels_and_queries_do_not_reach_the_database_codes(tmp_path):
   """Permuting the training labels, or replacing every query image, leaves the trained
   database codes bit-identical: labels never reach the loss (NSH is unsupervised) and

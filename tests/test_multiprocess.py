@@ -63,6 +63,8 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{sys.argv[2]}", 2, int(sys.argv[1]))
 from nsh_jax import distributed
+
+pytestmark = pytest.mark.slow  # several processes / runs of main.py each
 waits = []
 for late in (2.0, 0.0, 2.0):  # process 1 arrives late at the 1st and 3rd barrier
   if jax.process_index() == 1:

@@ -9,9 +9,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from helpers import TINY, checkpoint_params, read_only_compile_cache, run_main
+
+pytestmark = pytest.mark.slow  # several processes / runs of main.py each
 
 STEPS = 12
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",

@@ -51,6 +51,7 @@ def _run_steps(tmp_path, devices):
   return np.load(out)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(tmp_path):
   one, eight = _run_steps(tmp_path, 1), _run_steps(tmp_path, 8)
   assert int(one["n"]) == 1 and int(eight["n"]) == 8
@@ -58,6 +59,7 @@ def test_eight_devices_match_one(tmp_path):
   np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_resumes_after_kill(tmp_path):
   workdir = str(tmp_path / "run")
   args = TINY + ["--config.train.steps=16", f"--workdir={workdir}"]
@@ -99,6 +101,7 @@ def test_short_run_learns_and_resumes_after_kill(tmp_path):
     ("--config=configs/no_such_config.py", "No such file"),
     ("--config=configs/default.py:noir", "augmentation preset"),
 ])
+@pytest.mark.slow
 def test_bad_config_is_one_line(tmp_path, flag, expect):
   res = run_main(TINY + [flag, f"--workdir={tmp_path}"],
                  {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
@@ -119,6 +122,7 @@ def test_augmentation_presets_set_every_augmentation_key():
   assert base.get_config().dataset.flip == 0.5  # the paper's configs keep MoCo-v2
 
 
+@pytest.mark.slow
 def test_unknown_key_and_wrong_type_fail_cleanly(tmp_path):
   for flag in ("--config.train.stepz=3", "--config.train.steps=abc"):
     res = run_main(TINY + [flag, f"--workdir={tmp_path}"])
@@ -142,6 +146,7 @@ def _npz(path, **kw):
     ({"train_labels": np.zeros(19, int)}, "n=20"),
     ({"test_images": np.zeros((0, 8, 8, 3), np.uint8), "test_labels": np.zeros(0, int)}, "empty"),
 ])
+@pytest.mark.slow
 def test_bad_npz_is_a_clear_error(tmp_path, change, expect):
   from nsh_jax import input_pipeline
   path = _npz(str(tmp_path / "d.npz"), **change)
