@@ -102,13 +102,14 @@ def _step_metrics(config, loss, finite, codes, mains, weights) -> dict:
   return out
 
 
-def _diagnostics(config, state, x, pair: Pair, grads) -> dict:
+def _diagnostics(config, state, x, labels, codes, grads) -> dict:
   """:mod:`nsh_jax.diagnostics` for an NSH step: per length the mining precision of
-  view-1 anchors over view-2 candidates, and the hash head's gradient norms."""
-  cfg, labels = config.loss, pair.labels
+  view-1 anchors over view-2 candidates (``codes`` of both views stacked), and the hash
+  head's gradient norms."""
+  cfg, n = config.loss, labels.shape[0]
   out = {"mining_chance": diagnostics.chance_precision(labels)}
   for b in bit_list(config):
-    c1, c2 = pair.codes(b)
+    c1, c2 = codes[:n, :b], codes[n:, :b]
     if cfg.straight_through:
       c1, c2 = sign_ste(c1), sign_ste(c2)
     out[f"mining_{b}bit"], out[f"mining_others_{b}bit"] = diagnostics.mining_precisions(
@@ -149,20 +150,25 @@ def make_train_step(config, mesh, views: Callable, num_classes: int = 0) -> Call
 
     def loss_fn(params):
       outs, new_stats = _forward(state, params, x)
-      pair = Pair.of_stacked(outs, step=state.step, labels=labels, num_classes=num_classes,
-                             seed=config.seed)
-      terms, mains = zip(*[length_term(config, pair, k) for k in range(num_lengths)])
-      weights = (nested.dominance_weights(head_kernel_gradients(config, pair), bit_list(config))
+      pair = lambda: Pair.of_stacked(outs, step=state.step, labels=labels,
+                                     num_classes=num_classes, seed=config.seed)
+      # Each length splits the views itself: the cotangents then add up in the order the
+      # step has always summed them (the same params to the last bit as before).
+      terms, mains = zip(*[length_term(config, pair(), k) for k in range(num_lengths)])
+      weights = (nested.dominance_weights(head_kernel_gradients(config, pair()),
+                                          bit_list(config))
                  if dominance else jnp.ones((num_lengths,), jnp.float32))
       loss = jnp.sum(weights * jnp.stack(terms))
-      return loss, (new_stats, jnp.stack(mains), weights, pair)
+      # Only the codes leave the loss: every extra output is a buffer XLA must keep, and
+      # changes how it fuses (and rounds) the step.
+      return loss, (new_stats, jnp.stack(mains), weights, outs["codes"])
 
-    (loss, (new_stats, mains, weights, pair)), grads = jax.value_and_grad(
+    (loss, (new_stats, mains, weights, codes)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     new_state, finite = _guarded_update(state, grads, new_stats, loss)
-    metrics = _step_metrics(config, loss, finite, pair.out1["codes"], mains, weights)
+    metrics = _step_metrics(config, loss, finite, codes[:batch.shape[0]], mains, weights)
     if diagnose:
-      metrics |= _diagnostics(config, state, x, pair, grads)
+      metrics |= _diagnostics(config, state, x, labels, codes, grads)
     return new_state, metrics
 
   return jax.jit(step_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl),
