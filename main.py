@@ -73,6 +73,9 @@ flags.DEFINE_string("index", None, "search: an index folder (--mode=index; defau
 flags.DEFINE_string("query", None, "search: image file, folder or archive (against an index), "
                     "or a query codes file / .npz with 'images'.")
 flags.DEFINE_integer("k", 10, "search: neighbours per query.")
+flags.DEFINE_integer("rerank", None, "search (an index): re-order each query's Hamming top-R "
+                     "by its real-valued code, R = this (0: Hamming order; default: "
+                     "nsh_jax.modes.SEARCH_RERANK).")
 flags.DEFINE_integer("bits", None, "search: code length to search an index with (default: the "
                      "config's longest).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
@@ -103,7 +106,7 @@ def main(argv):
     _start_backends()
     from nsh_jax import modes
     options = {"input": FLAGS.input, "output": FLAGS.output, "index": FLAGS.index,
-               "query": FLAGS.query, "k": FLAGS.k, "bits": FLAGS.bits}
+               "query": FLAGS.query, "k": FLAGS.k, "bits": FLAGS.bits, "rerank": FLAGS.rerank}
     modes.MODES.get(FLAGS.mode)(FLAGS.config, FLAGS.workdir, options)
   except Exception as e:  # one line for the user; --debug for the traceback
     if FLAGS.debug:

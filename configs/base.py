@@ -48,11 +48,14 @@ def get_config():
   config.dataset.split_seed = 0  # which images go where; independent of config.seed
   config.dataset.queries_per_class = 100
   config.dataset.train_per_class = 500
-  # Validation queries per class (model selection; 0: none), from the database
-  # outside the training images, evaluated against the database without them.
-  config.dataset.val_queries_per_class = 0
-  # Multi-label data (no classes to balance): this many validation queries, drawn uniformly.
-  config.dataset.val_queries = 0
+  # Validation queries per class (model selection), from the database outside the
+  # training images (or out of training where every database image trains), evaluated
+  # against the database without them; -1: a tenth of those images, at most 20 per class;
+  # 0: none.
+  config.dataset.val_queries_per_class = -1
+  # Multi-label data (no classes to balance): this many validation queries, drawn
+  # uniformly; -1: a tenth, at most 500; 0: none.
+  config.dataset.val_queries = -1
   # Shuffle the database rows (split seed): Hamming ties are broken by row order,
   # and a class-sorted database would bias mAP.
   config.dataset.shuffle_database = True
@@ -148,6 +151,9 @@ def get_config():
   # The ceiling rows: the cosine ranking of the continuous frozen features and of the hash
   # layer (what codes made from them can reach), every depth, test and validation queries.
   config.eval.ceiling = True
+  # Asymmetric re-ranking reported beside the Hamming ranking: each query's Hamming top-R
+  # re-ordered by its real-valued code against the database bits (0: off).
+  config.eval.rerank = 1000
   config.eval.quantizers = ("sign", "itq", "h2q")  # compared by --mode=quantize
 
   config.quantizer = "sign"

@@ -50,7 +50,7 @@ _POSITIVE = ("model.latent_dim", "train.steps", "train.batch_size", "train.learn
              "loss.temperature", "loss.sort_temperature", "dataset.image_size", "features.chunk")
 _NON_NEGATIVE = ("train.warmup_steps", "train.eval_every", "loss.quant_weight",
                  "loss.balance_weight", "loss.kl_weight", "loss.cubic_weight",
-                 "loss.bihalf_gamma", "dataset.val_queries_per_class", "dataset.val_queries")
+                 "loss.bihalf_gamma", "eval.rerank")
 _FRACTIONS = ("dataset.min_scale", "dataset.jitter_prob", "dataset.gray_prob", "dataset.flip")
 
 
@@ -64,6 +64,10 @@ def _check_ranges(config) -> None:
   for key in _FRACTIONS:
     if not 0 <= _get(config, key) <= 1:
       raise ConfigError(f"config.{key} must be in [0, 1]; got {_get(config, key)}")
+  for key in ("dataset.val_queries_per_class", "dataset.val_queries"):
+    if _get(config, key) < -1:
+      raise ConfigError(f"config.{key} must be >= 0, or -1 (a tenth of the eligible images); "
+                        f"got {_get(config, key)}")
   if config.eval.top_k is not None and config.eval.top_k < 0:
     raise ConfigError(f"config.eval.top_k must be >= 1 (0 = whole database); got {config.eval.top_k}")
 

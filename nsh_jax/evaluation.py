@@ -26,7 +26,7 @@ from nsh_jax.protocol import Splits
 from nsh_jax.state import bit_list
 
 __all__ = ["evaluate", "embed", "fit_quantizers", "save_quantizers", "codes_for", "write_codes",
-           "baselines", "ceilings", "BASELINE_QUANTIZERS"]
+           "baselines", "ceilings", "verdict", "BASELINE_QUANTIZERS"]
 
 # Reference baselines every run reports beside the model, on the same split.
 BASELINE_QUANTIZERS = ("itq", "lsh")
@@ -103,23 +103,33 @@ def write_codes(workdir: str, bits: int, query_codes, db_codes, splits: Splits) 
                              retrieval.pack_codes(db_codes), bits)
 
 
-def _report(config, qc, dc, ql, dl) -> dict:
-  """:func:`metrics.evaluate_codes` plus ``map_at`` ``{k: mAP@k}`` for ``eval.depths``
-  (0: the whole database) -- how deep in the ranking a method's quality sits."""
+def _report(config, qc, dc, ql, dl, keys) -> dict:
+  """:func:`metrics.evaluate_codes` (ties by ``keys``, the protocol's tie rule), plus
+  ``map_at`` ``{k: mAP@k}`` for ``eval.depths`` (0: the whole database) -- how deep in the
+  ranking a method's quality sits -- and, with ``eval.rerank = R > 0``, ``asymmetric``: the
+  same depths with each query's Hamming top-``R`` re-ordered by the asymmetric score of its
+  real-valued code (:func:`nsh_jax.retrieval.rerank`; reported beside the Hamming ranking,
+  the paper's metric, never instead of it)."""
   top_k = config.eval.top_k or None
-  r = metrics.evaluate_codes(qc, dc, ql, dl, top_k)
+  r = metrics.evaluate_codes(qc, dc, ql, dl, top_k, tie_keys=keys)
   depths = tuple(config.eval.get("depths", ()))
   if depths:
-    r["map_at"] = {str(d or "all"): metrics.mean_average_precision(qc, dc, ql, dl, d or None)
-                   for d in depths}
+    r["map_at"] = {str(d or "all"): metrics.mean_average_precision(qc, dc, ql, dl, d or None,
+                                                                   keys) for d in depths}
+  rerank = int(config.eval.get("rerank", 0))
+  if rerank:
+    r["asymmetric"] = {str(d or "all"): metrics.mean_average_precision(
+        qc, dc, ql, dl, d or None, keys, rerank) for d in _depths(config)}
   return r
 
 
 def _line(config, prefix: str, bits: int, r: dict) -> str:
   depths = ("  [" + ", ".join(f"@{d} {v:.4f}" for d, v in r["map_at"].items()) + "]"
             if r.get("map_at") else "")
+  asym = r.get("asymmetric", {}).get(str(config.eval.top_k or "all"))
   return (f"{prefix}mAP@{config.eval.top_k or 'all'} {bits}-bit: {r['map']:.4f}  "
-          f"(P@H<=2 {r['p_at_h2']:.4f})" + depths)
+          f"(P@H<=2 {r['p_at_h2']:.4f}" + ("" if asym is None else f", re-ranked {asym:.4f}")
+          + ")" + depths)
 
 
 def _score(config, splits: Splits, codes: dict, log) -> dict:
@@ -127,14 +137,16 @@ def _score(config, splits: Splits, codes: dict, log) -> dict:
   and on the validation queries (against the database without them) where there are any."""
   result = {"top_k": config.eval.top_k or None, "quantizer": config.quantizer, "by_bits": {}}
   val_labels = protocol.validation_view(splits, splits.db_labels)
+  keys = splits.db_keys
   if val_labels is not None:
     result["validation"] = {}
   for b, (qc, dc) in codes.items():
     if val_labels is not None:  # model selection: validation queries, never the test ones
       vq, vd = protocol.validation_view(splits, dc)
-      result["validation"][b] = _report(config, vq, vd, *val_labels)
+      val_keys = None if keys is None else protocol.validation_view(splits, keys)[1]
+      result["validation"][b] = _report(config, vq, vd, *val_labels, val_keys)
       log(_line(config, "val ", b, result["validation"][b]))
-    result["by_bits"][b] = _report(config, qc, dc, splits.query_labels, splits.db_labels)
+    result["by_bits"][b] = _report(config, qc, dc, splits.query_labels, splits.db_labels, keys)
     log(_line(config, "", b, result["by_bits"][b]))
   return result
 
@@ -192,6 +204,9 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
   if reference and config.eval.get("baselines", True):
     curves = baselines(config, splits, features, log)
     result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
+    if "validation" in result:
+      result["baselines_validation"] = {k: {b: r["validation"] for b, r in by.items()}
+                                        for k, by in curves.items()}
   if reference and config.eval.get("ceiling", True):
     result["ceiling"] = ceilings(config, splits, emb, features, log)
   if workdir:
@@ -228,7 +243,8 @@ def baselines(config, splits: Splits, features: Optional[Features] = None, log=p
   """``{'<quantizer>-<source>': {bits: metrics.evaluate_codes(...)}}`` for ITQ and LSH
   fitted on the training split of raw pixels (``'pixels'``, flattened, scaled to
   [0, 1]) and, when a frozen backbone's clean ``features`` are given, on those
-  (``'features'``).  Logs ``<name> mAP@<k> <bits>-bit: <value>`` per length.
+  (``'features'``); each report has ``'validation'`` (its mAP@k on the validation
+  queries) where the protocol has them.  Logs ``<name> mAP@<k> <bits>-bit: <value>``.
   """
   top_k = config.eval.top_k or None
   pixels = lambda x: np.asarray(x, np.float32).reshape(x.shape[0], -1) / 255.0
@@ -237,6 +253,10 @@ def baselines(config, splits: Splits, features: Optional[Features] = None, log=p
     sources["features"] = (features.train, features.query, features.database)
   sources["pixels"] = (pixels(splits.train_images), pixels(splits.query_images),
                        pixels(splits.db_images))
+  val_labels = protocol.validation_view(splits, splits.db_labels)
+  keys = splits.db_keys
+  val_keys = None if keys is None or val_labels is None else protocol.validation_view(
+      splits, keys)[1]
   out = {}
   for source, (train, query, db) in sources.items():
     for name in BASELINE_QUANTIZERS:
@@ -244,8 +264,42 @@ def baselines(config, splits: Splits, features: Optional[Features] = None, log=p
       out[key] = {}
       for b in bit_list(config):
         q = householder.fit(name, train, bits=min(b, train.shape[1]), seed=config.seed)
-        out[key][b] = metrics.evaluate_codes(
-            householder.apply(q, query), householder.apply(q, db), splits.query_labels,
-            splits.db_labels, top_k)
-        log(f"{key} mAP@{top_k or 'all'} {b}-bit: {out[key][b]['map']:.4f}")
+        qc, dc = householder.apply(q, query), householder.apply(q, db)
+        r = out[key][b] = metrics.evaluate_codes(qc, dc, splits.query_labels, splits.db_labels,
+                                                 top_k, tie_keys=keys)
+        if val_labels is not None:
+          r["validation"] = metrics.mean_average_precision(
+              *protocol.validation_view(splits, dc), *val_labels, top_k, val_keys)
+        log(f"{key} mAP@{top_k or 'all'} {b}-bit: {r['map']:.4f}"
+            + ("" if val_labels is None else f"  (validation {r['validation']:.4f})"))
   return out
+
+
+_ADVICE = {"pixels": "more steps (train.steps), the other augmentation preset, or a pretrained "
+                     "backbone (configs/cifar_prefix_pretrained.py)",
+           "features": "more steps, other learning rates or temperatures on validation "
+                       "(benchmarks/pretrained_table.py), or these codes as they are"}
+
+
+def verdict(config, result: dict) -> list:
+  """Lines that name the best codes on the validation queries, per length (the model or a
+  baseline), and say plainly where a baseline is above the model there."""
+  if "validation" not in result or "baselines_validation" not in result:
+    return []
+  lines = []
+  for b in sorted(result["validation"], key=int):
+    model = result["validation"][b]["map"]
+    scores = {name: by[b] for name, by in result["baselines_validation"].items()}
+    best = max(scores, key=scores.get)
+    if scores[best] > model:
+      name, source = best.split("-", 1)
+      lines.append(f"{name.upper()} on {source} is above the model on validation at {b} bits "
+                   f"({scores[best]:.4f} vs {model:.4f}): those codes are the better choice "
+                   f"here; for the model try {_ADVICE.get(source, 'another recipe')}")
+  if not lines:
+    k = config.eval.top_k or "all"
+    maps = " / ".join(f"{result['validation'][b]['map']:.4f}"
+                      for b in sorted(result["validation"], key=int))
+    lines.append(f"best on validation at every length: the model (mAP@{k} {maps}, above "
+                 f"every baseline)")
+  return lines

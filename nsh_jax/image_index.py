@@ -16,7 +16,8 @@ codes, the model the index belongs to -- and codes them as the run's evaluation
 did (``codes_for``: its saved quantizer).  Run again on a grown folder, it
 encodes only the files it does not hold yet.  Unreadable files get one line
 each and a count; they never stop the index.  :func:`search` ranks the index by
-Hamming distance to query images and draws the gallery.
+Hamming distance to query images, equal distances by a seeded hash of each file's name
+(:func:`tie_keys`, not file order), and draws the gallery.
 
 Images are prepared as the training data was: an image that is square and no
 larger than ``dataset.image_size`` is kept (the encoder resizes it on the device,
@@ -36,7 +37,7 @@ from nsh_jax import image_folder, image_lists, plots, retrieval
 from nsh_jax.errors import DataError
 from nsh_jax.files import format_duration, read_json, write_json
 
-__all__ = ["build", "load", "search", "INDEX_FILE"]
+__all__ = ["build", "load", "search", "tie_keys", "INDEX_FILE"]
 
 INDEX_FILE = "index.json"
 
@@ -134,6 +135,14 @@ def build(source: str, out_dir: str, encode: Callable, codes_for: Callable,
   return meta
 
 
+def tie_keys(files: Sequence[str], seed: int = 0) -> np.ndarray:
+  """Each file's tie key: a seeded hash of its name (label-agnostic, the same whatever order
+  the files were indexed in): equal Hamming distances are ranked by it, not by file order."""
+  import hashlib
+  return np.asarray([int.from_bytes(hashlib.blake2b(f"{seed}:{f}".encode(), digest_size=8)
+                                    .digest(), "little") for f in files], np.uint64)
+
+
 def _read_named(source: str, names: Sequence[str], size: int) -> Dict[str, np.ndarray]:
   wanted = set(names)
   return {n: image_folder.decode(n, read(), size) for n, read in image_folder.list_image_files(source)
@@ -141,9 +150,12 @@ def _read_named(source: str, names: Sequence[str], size: int) -> Dict[str, np.nd
 
 
 def search(out_dir: str, queries: str, encode: Callable, codes_for: Callable, bits: int,
-           model_digest: str, k: int = 10, output: Optional[str] = None, log=print) -> dict:
+           model_digest: str, k: int = 10, output: Optional[str] = None, log=print,
+           rerank: int = 0) -> dict:
   """Top-``k`` index files for each image in ``queries`` (a file, folder or archive);
-  prints them, writes ``output`` (.json) and a gallery PNG beside it."""
+  prints them, writes ``output`` (.json) and a gallery PNG beside it.  ``rerank = R > 0``
+  re-orders each query's Hamming top-``max(R, k)`` by its real-valued code
+  (:func:`nsh_jax.retrieval.rerank`) before the top ``k`` are taken."""
   meta, codes = load(out_dir)
   if meta.get("model") != model_digest:
     raise DataError(f"{out_dir} was built by another model (digest {meta.get('model')}; this "
@@ -164,8 +176,14 @@ def search(out_dir: str, queries: str, encode: Callable, codes_for: Callable, bi
     raise DataError(f"{out_dir} holds no images: index a folder first")
   q_images = [image_folder.decode(f"{queries}: {n}" if len(q_files) > 1 else queries, d, size)
               for n, d in q_files]
-  q_codes = retrieval.pack_codes(codes_for(_encode_all(encode, q_images), bits))
-  dist, idx = retrieval.search(q_codes, codes[int(bits)], k)
+  q_real = codes_for(_encode_all(encode, q_images), bits)
+  db = codes[int(bits)]
+  dist, idx = retrieval.search(retrieval.pack_codes(q_real), db, max(k, rerank),
+                               tie_keys(meta["files"]))
+  if rerank:
+    order = retrieval.rerank(q_real, db, idx, int(bits))
+    dist, idx = (np.take_along_axis(a, order, 1) for a in (dist, idx))
+  dist, idx = dist[:, :k], idx[:, :k]
   words, q_words = meta.get("words", {}), image_lists.read_words(queries)
   result = {"index": os.path.abspath(out_dir), "bits": int(bits), "queries": []}
   for (name, _), d_row, i_row in zip(q_files, dist, idx):

@@ -1,8 +1,11 @@
 """Retrieval metrics of the deep-hashing literature, one implementation.
 
 Ranking: the database is ranked by Hamming distance of sign codes (``x >= 0`` is
-``+1``), ties broken by database order (lower index first) -- deterministic,
-unlike DeepHash-pytorch's unstable argsort.  Relevance: same class for int
+``+1``), ties broken by ``tie_keys`` where given (the protocol's seeded, label-agnostic
+rank of each database image), else by database order (lower index first) --
+deterministic, unlike DeepHash-pytorch's unstable argsort.  ``rerank = R`` re-orders
+each query's Hamming top-``R`` by the asymmetric score of its real-valued code
+(:func:`nsh_jax.retrieval.rerank`).  Relevance: same class for int
 labels ``[n]``; at least one shared label for multi-hot labels ``[n, C]``.
 
 * ``AP@k = (1/R_k) sum_{r<=k} P@r * rel_r`` with ``R_k`` the relevant items in
@@ -51,10 +54,18 @@ def _relevance(idx, query_labels, db_labels):
   return np.any((qs[:, None, :] & ds[idx]) != 0, axis=-1)
 
 
-def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k):
-  """Relevance ``[q, k]`` bool of each query's top-``k`` items in Hamming order."""
+def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k, tie_keys=None,
+                      rerank: int = 0):
+  """Relevance ``[q, k]`` bool of each query's top-``k`` items in Hamming order (ties by
+  ``tie_keys``); with ``rerank = R > 0`` the first ``R`` re-ordered by the asymmetric score
+  of the real-valued query codes (:func:`nsh_jax.retrieval.rerank`)."""
   qp, dp = retrieval.pack_codes(query_codes), retrieval.pack_codes(db_codes)
-  return _relevance(retrieval.search(qp, dp, k)[1], query_labels, db_labels)
+  idx = retrieval.search(qp, dp, max(k, rerank), tie_keys)[1]
+  if rerank:
+    r = min(rerank, idx.shape[1])
+    order = retrieval.rerank(query_codes, dp, idx[:, :r], np.shape(query_codes)[1])
+    idx[:, :r] = np.take_along_axis(idx[:, :r], order, 1)
+  return _relevance(idx[:, :k], query_labels, db_labels)
 
 
 def _map_of(rel) -> float:
@@ -86,7 +97,7 @@ def _average_precision(rel: np.ndarray) -> np.ndarray:
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
-                           top_k: Optional[int] = None) -> float:
+                           top_k: Optional[int] = None, tie_keys=None, rerank: int = 0) -> float:
   """mAP@top_k of Hamming ranking (``top_k=None``: the whole database, mAP@all).
 
   Args:
@@ -94,13 +105,16 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
     db_codes: ``[n, bits]``.
     query_labels, db_labels: ``[q]``/``[n]`` ints or ``[q, C]``/``[n, C]`` multi-hot.
     top_k: cut-off ``k``; larger than ``n`` means ``n``.
+    tie_keys: ``[n]``: equal distances ranked by key (default: by database index).
+    rerank: ``R > 0``: the Hamming top-``R`` re-ordered by the asymmetric score of the
+      real-valued ``query_codes`` (:func:`nsh_jax.retrieval.rerank`).
 
   Returns:
     Python float.
   """
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = _cutoff(top_k, x.shape[0])
-  return _map_of(_ranked_relevance(q, x, ql, dl, k))
+  return _map_of(_ranked_relevance(q, x, ql, dl, k, tie_keys, rerank))
 
 
 def cosine_map(query, db, query_labels, db_labels, depths: Sequence[Optional[int]] = (1000,)
@@ -150,15 +164,16 @@ def precision_within_radius(query_codes, db_codes, query_labels, db_labels,
 
 def evaluate_codes(query_codes, db_codes, query_labels, db_labels,
                    top_k: Optional[int] = 1000,
-                   ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000)) -> dict:
+                   ns: Sequence[int] = (1, 10, 50, 100, 200, 500, 1000), tie_keys=None) -> dict:
   """The standard report for one code length: mAP@k, P@H<=2, P@N, PR curve.
 
-  One Hamming ranking (to ``max(k, max(ns))``) serves both mAP@k and P@N.
+  One Hamming ranking (to ``max(k, max(ns))``, ties by ``tie_keys``) serves both mAP@k
+  and P@N.
   """
   q, x, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = _cutoff(top_k, x.shape[0])
   ns = [int(min(v, x.shape[0])) for v in ns]
-  rel = _ranked_relevance(q, x, ql, dl, max(k, max(ns)))
+  rel = _ranked_relevance(q, x, ql, dl, max(k, max(ns)), tie_keys)
   pr = precision_recall_by_radius(q, x, ql, dl)
   return {
       "map": _map_of(rel[:, :k]),

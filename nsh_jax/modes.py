@@ -23,6 +23,9 @@ from nsh_jax.registry import Registry
 __all__ = ["MODES", "restore_trained", "load_images", "trained_encoder"]
 
 MODES = Registry("mode")
+# --mode=search on a photo index re-ranks each query's Hamming top-R by its real-valued code
+# (retrieval.rerank) unless --rerank says otherwise.
+SEARCH_RERANK = 0
 
 
 def restore_trained(config, workdir: str, inputs: encoder_input.EncoderInput):
@@ -181,9 +184,11 @@ def search_mode(config, workdir, options):
     config_checks.validate(config, jax.device_count())
     encode, digest = trained_encoder(config, workdir)
     bits = options.get("bits") or state_lib.bit_list(config)[-1]
+    rerank = options.get("rerank")
     image_index.search(index, query, encode,
                        lambda emb, b: evaluation.codes_for(config, workdir, emb, b), bits,
-                       digest, options["k"], options.get("output"))
+                       digest, options["k"], options.get("output"),
+                       rerank=SEARCH_RERANK if rerank is None else rerank)
     return
   db = retrieval.load_index(index)
   if _has_images(query):

@@ -13,16 +13,20 @@ becomes a :class:`Splits` by ``dataset.protocol``, seeded by ``dataset.split_see
   of the test split, the train split (and a ``database`` split) form the database;
   ``train_per_class`` training images per class drawn from the database.
 
-**Validation queries** (``val_queries_per_class > 0``; for multi-label data, which has no
-classes to balance, ``val_queries > 0`` drawn uniformly): drawn by the split seed from the
-database rows outside the training images, or, where every database row trains, from the
-training images, which then no longer train -- never from the test queries.  They are
+**Validation queries** (``val_queries_per_class``; for multi-label data, which has no
+classes to balance, ``val_queries`` drawn uniformly; ``-1``, the default, takes a tenth of
+the eligible images, at most 20 per class or 500 in all; ``0`` none): drawn by the split
+seed from the database rows outside the training images, or, where every database row
+trains, from the training images, which then no longer train -- never from the test
+queries.  They are
 evaluated against the database without them (:func:`validation_view`).  Model selection
 reads these; the test queries are for the final table.
 
-**Database order.**  Hamming ranking breaks ties by database position, and
-folders are read class by class, so the database is shuffled by the split seed
-(``shuffle_database``; label-agnostic) -- ties are then broken at random.
+**Ties.**  Sign codes put many database images at one Hamming distance from a query.
+Folders are read class by class, so a tie broken by position would favour a class: ties
+are broken by a seeded random rank per database image (``Splits.db_keys``, drawn by the
+split seed, label-agnostic), whatever the storage order.  By default the database is also
+stored in that order (``shuffle_database``: key = position).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class Splits:
   ``train_rows`` (if known): database row of each training image;
   ``val_rows``: database rows that are validation queries (none: ``None``);
   ``class_names``: label ``i`` is ``class_names[i]``; ``db_names``: file of each
-  database row, where the data came from files.
+  database row, where the data came from files; ``db_keys``: each database row's tie key
+  (a seeded random rank: the tie rule, see the module docstring).
   """
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -59,6 +64,7 @@ class Splits:
   train_rows: Optional[np.ndarray] = None
   val_rows: Optional[np.ndarray] = None
   db_names: Optional[Tuple[str, ...]] = None
+  db_keys: Optional[np.ndarray] = None
 
   @property
   def multi_label(self) -> bool:
@@ -115,18 +121,35 @@ def _standard(train, test, database, names):
                                                          names.get("database"))
 
 
+# Validation queries when the config does not say (``-1``): a tenth of the eligible rows,
+# at most this many per class (single-label) or in all (multi-label).
+AUTO_PER_CLASS, AUTO_TOTAL = 20, 500
+
+
+def _auto(per: int, total: int, db_y, eligible):
+  """``(per, total)`` with ``-1`` resolved against ``eligible`` database rows."""
+  if db_y.ndim == 2:
+    return 0, (min(AUTO_TOTAL, len(eligible) // 10) if total < 0 else total)
+  counts = np.bincount(db_y[eligible], minlength=int(db_y.max()) + 1)[np.unique(db_y)]
+  smallest = int(counts.min()) if len(eligible) else 0
+  return (min(AUTO_PER_CLASS, smallest // 10) if per < 0 else per), 0
+
+
 def _validation(ds, db_y, train_rows, rng):
   """``(val_rows, train_rows)``: validation queries from the database outside training, or,
   where every database row trains, from the training rows (which then no longer train)."""
   multi = db_y.ndim == 2
   per, total = int(ds.val_queries_per_class), int(ds.get("val_queries", 0))
-  if multi and per:
+  if multi and per > 0:
     raise DataError("dataset.val_queries_per_class draws per class; multi-label data has no "
                     "classes to balance: set dataset.val_queries (a number of queries) instead")
-  if not (total if multi else per):
-    return None, train_rows
   outside = (np.arange(len(db_y)) if train_rows is None
              else np.setdiff1d(np.arange(len(db_y)), train_rows))
+  if per < 0 or total < 0:  # auto: from outside training if there is enough, else training
+    source = outside if len(outside) >= len(db_y) // 10 or train_rows is None else train_rows
+    per, total = _auto(per, total, db_y, source)
+  if not (total if multi else per):
+    return None, train_rows
   if multi:  # uniform over rows: label-agnostic
     pick = lambda among: np.sort(rng.choice(among, total, replace=False))
     enough = lambda among: len(among) >= total
@@ -163,10 +186,14 @@ def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray
     (q_x, q_y), (db_x, db_y), db_n, train_rows = _standard(train, test, database, names)
   db_x, db_y = np.asarray(db_x), np.asarray(db_y).astype(np.int32)
   val_rows, train_rows = _validation(ds, db_y, train_rows, rng)
+  # The tie rule: a seeded random rank per database image, label-agnostic.  Shuffled, the
+  # rows are stored in that order (key = position), so ties fall the same way either way.
+  perm = rng.permutation(len(db_y))  # new row r holds old row perm[r]
+  where = np.empty_like(perm)
+  where[perm] = np.arange(len(perm))
+  keys = where
   if ds.shuffle_database:
-    perm = rng.permutation(len(db_y))  # new row r holds old row perm[r]
-    where = np.empty_like(perm)
-    where[perm] = np.arange(len(perm))
+    keys = np.arange(len(perm))
     db_x, db_y = db_x[perm], db_y[perm]
     db_n = None if db_n is None else [db_n[i] for i in perm]
     train_rows = None if train_rows is None else where[train_rows]
@@ -177,7 +204,7 @@ def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray
     t_x, t_y = train[0], np.asarray(train[1]).astype(np.int32)
   return Splits(t_x, t_y, q_x, np.asarray(q_y).astype(np.int32), db_x, db_y, int(num_classes),
                 tuple(class_names) if class_names is not None else None, train_rows,
-                val_rows, tuple(db_n) if db_n is not None else None)
+                val_rows, tuple(db_n) if db_n is not None else None, keys)
 
 
 def validation_view(splits: Splits, db_values: np.ndarray):

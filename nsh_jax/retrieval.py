@@ -30,7 +30,7 @@ from nsh_jax.codes import binarize
 from nsh_jax.errors import CodesFileError
 
 __all__ = ["binarize", "pack_codes", "unpack_codes", "to_words", "label_sets",
-           "hamming_distance", "search", "cosine_search", "radius_counts", "save_index",
+           "hamming_distance", "search", "rerank", "cosine_search", "radius_counts", "save_index",
            "load_index", "save_faiss_index", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "nsh-jax-index/1"
@@ -225,7 +225,18 @@ def hamming_distance(query_codes, db_codes) -> np.ndarray:
   return out
 
 
-def search(query_packed, db_packed, k: int) -> Tuple[np.ndarray, np.ndarray]:
+def _key_order(tie_keys, n: int):
+  """Database rows sorted by ``tie_keys`` (``None`` when there are none or the rows are
+  already in key order)."""
+  if tie_keys is None:
+    return None
+  keys = np.asarray(tie_keys)
+  if keys.shape != (n,):
+    raise ValueError(f"tie_keys must be [n] = [{n}]; got shape {keys.shape}")
+  return None if np.all(keys[1:] >= keys[:-1]) else np.argsort(keys, kind="stable")
+
+
+def search(query_packed, db_packed, k: int, tie_keys=None) -> Tuple[np.ndarray, np.ndarray]:
   """Exact Hamming k-nearest neighbours of packed queries in a packed database.
 
   A compiled counting sort per query (``O(n)`` time, one ``n``-byte scratch
@@ -236,19 +247,42 @@ def search(query_packed, db_packed, k: int) -> Tuple[np.ndarray, np.ndarray]:
     query_packed: ``[q, B]`` uint8 packed codes.
     db_packed: ``[n, B]`` uint8 packed codes (same ``B``).
     k: neighbours per query (clipped to ``n``).
+    tie_keys: ``[n]`` optional: equal distances are ordered by these keys (the tie
+      rule, e.g. :attr:`nsh_jax.protocol.Splits.db_keys`); default: by database index.
 
   Returns:
     ``(distances [q, k] int32, indices [q, k] int64)``, sorted by distance then
-    database index.
+    tie key (database index).
   """
   qw, dw = _checked_words(query_packed, db_packed)
   if k < 1:
     raise ValueError(f"k must be >= 1; got {k}")
+  order = _key_order(tie_keys, dw.shape[0])
+  if order is not None:  # the counting sort is stable: rows in key order break ties by key
+    dw = np.ascontiguousarray(dw[order])
   k = min(int(k), dw.shape[0])
   dists = np.empty((qw.shape[0], k), np.int32)
   idxs = np.empty((qw.shape[0], k), np.int64)
   _topk_kernel(qw, dw, k, dists, idxs, _scratch(qw.shape[0], dw.shape[0], qw.shape[1]))
-  return dists, idxs
+  return dists, (idxs if order is None else order[idxs])
+
+
+def rerank(query_codes, db_packed, idx, bits: int, chunk: int = 64) -> np.ndarray:
+  """The order ``[q, R]`` (positions in each row of ``idx``) that sorts each query's
+  shortlist ``idx`` ``[q, R]`` (e.g. its Hamming top-``R``) by the asymmetric score
+  ``<tanh(c_q), b_j>``: the query's real-valued code ``c_q`` (``[q, bits]``, whose signs
+  are its binary code) against the database's +-1 bits ``b_j``, largest first; equal
+  scores keep their shortlist order.  The database stays one bit per dimension; the cost
+  is one ``[R, bits]`` product per query.  Apply it with ``np.take_along_axis``."""
+  q = np.tanh(np.asarray(query_codes, np.float32))[:, :bits]
+  idx = np.asarray(idx)
+  out = np.empty(idx.shape, np.int64)
+  for lo in range(0, idx.shape[0], chunk):
+    rows = idx[lo:lo + chunk]
+    b = unpack_codes(np.asarray(db_packed)[rows.reshape(-1)], bits).reshape(rows.shape + (bits,))
+    score = np.einsum("qd,qrd->qr", q[lo:lo + chunk], b.astype(np.float32))
+    out[lo:lo + chunk] = np.argsort(-score, axis=1, kind="stable")
+  return out
 
 
 def radius_counts(query_packed, db_packed, query_labels, db_labels

@@ -181,24 +181,29 @@ def _header(run: _Run, start_step: int) -> None:
 
 
 def _summary(run: _Run, result: dict) -> None:
-  """One closing table: the model beside the reference baselines, then where the outputs are."""
+  """One closing table: the model beside the reference rows and the ceilings, what is best on
+  validation, then where the outputs are."""
   lengths = state_lib.bit_list(run.config)
-  k = result["top_k"] or "all"
+  k = str(result["top_k"] or "all")
   run.log(f"\nmAP@{k}".ljust(24) + "".join(f"{b}-bit".rjust(9) for b in lengths))
-  rows = [(f"model ({run.config.loss.name})", {b: result["by_bits"][b]["map"] for b in lengths})]
+  by = result["by_bits"]
+  rows = [(f"model ({run.config.loss.name})", {b: by[b]["map"] for b in lengths})]
+  if "asymmetric" in by[lengths[0]]:
+    rows.append(("model, re-ranked", {b: by[b]["asymmetric"][k] for b in lengths}))
   if "validation" in result:  # what model selection reads
     rows.append(("model on validation", {b: result["validation"][b]["map"] for b in lengths}))
   rows += list(result.get("baselines", {}).items())  # none with eval.baselines off
   ceiling = result.get("ceiling", {})
-  depth = str(k)
   if "features" in ceiling:
-    rows.append(("features, cosine", {b: ceiling["features"]["map_at"][depth] for b in lengths}))
+    rows.append(("features, cosine", {b: ceiling["features"]["map_at"][k] for b in lengths}))
   if ceiling:
-    rows.append(("hash layer, cosine", {b: ceiling[f"hash layer {b}"]["map_at"][depth]
+    rows.append(("hash layer, cosine", {b: ceiling[f"hash layer {b}"]["map_at"][k]
                                         for b in lengths}))
-  rows.append(("model P@H<=2", {b: result["by_bits"][b]["p_at_h2"] for b in lengths}))
+  rows.append(("model P@H<=2", {b: by[b]["p_at_h2"] for b in lengths}))
   for name, values in rows:
     run.log(name.ljust(23) + "".join(f"{values[b]:9.4f}" for b in lengths))
+  for line in evaluation.verdict(run.config, result):
+    run.log(line)
   plots = f"plots in {os.path.join(run.workdir, 'plots')}, " if run.config.eval.plots else ""
   run.log(f"{plots}codes (.npz and .faiss) in "
           f"{os.path.join(run.workdir, 'codes')}, all numbers in "
