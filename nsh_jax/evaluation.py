@@ -239,20 +239,32 @@ def _write(config, workdir, result, emb, codes, quantizers, splits: Splits, curv
     log(f"warning: plots not written ({type(e).__name__}: {e})")
 
 
+PIXELS = 32  # the side the pixel baselines read images at (larger ones: area-averaged down)
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+  """``[n, s * s * 3]`` float32 in [0, 1]: images of at most ``PIXELS`` on a side as they are,
+  larger ones area-averaged (Pillow's box filter) to ``PIXELS x PIXELS``."""
+  if images.shape[1] > PIXELS or images.shape[2] > PIXELS:
+    from PIL import Image
+    images = np.stack([np.asarray(Image.fromarray(im).resize((PIXELS, PIXELS), Image.BOX))
+                       for im in images])
+  return np.asarray(images, np.float32).reshape(images.shape[0], -1) / 255.0
+
+
 def baselines(config, splits: Splits, features: Optional[Features] = None, log=print) -> dict:
   """``{'<quantizer>-<source>': {bits: metrics.evaluate_codes(...)}}`` for ITQ and LSH
-  fitted on the training split of raw pixels (``'pixels'``, flattened, scaled to
-  [0, 1]) and, when a frozen backbone's clean ``features`` are given, on those
+  fitted on the training split of raw pixels (``'pixels'``: flattened, scaled to [0, 1], at
+  most ``PIXELS x PIXELS``) and, when a frozen backbone's clean ``features`` are given, on those
   (``'features'``); each report has ``'validation'`` (its mAP@k on the validation
   queries) where the protocol has them.  Logs ``<name> mAP@<k> <bits>-bit: <value>``.
   """
   top_k = config.eval.top_k or None
-  pixels = lambda x: np.asarray(x, np.float32).reshape(x.shape[0], -1) / 255.0
   sources = {}
   if features is not None:
     sources["features"] = (features.train, features.query, features.database)
-  sources["pixels"] = (pixels(splits.train_images), pixels(splits.query_images),
-                       pixels(splits.db_images))
+  sources["pixels"] = (_pixels(splits.train_images), _pixels(splits.query_images),
+                       _pixels(splits.db_images))
   val_labels = protocol.validation_view(splits, splits.db_labels)
   keys = splits.db_keys
   val_keys = None if keys is None or val_labels is None else protocol.validation_view(
