@@ -183,7 +183,8 @@ def report(args, table, version, rows, profiles, selection, done: bool) -> str:
       lines.append(f"| *reported ({where})*: {name} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
   if "nsh" in rows:
     lines += ["", "Paired per-seed differences (NSH - other), per length:"]
-    for name in [n for n in rows if n != "nsh" and "ITQ on its layer" not in n]:
+    for name in [n for n in rows if n != "nsh" and "ITQ on its layer" not in n
+                 and "re-ranked" not in n]:
       diffs = {b: [a[b] - c[b] for a, c in zip(rows["nsh"], rows[name])] for b in bits}
       lines.append(f"- vs {name}: " + "; ".join(
           f"{b} bits " + " ".join(f"{d:+.4f}" for d in diffs[b]) for b in bits))
@@ -196,6 +197,13 @@ def report(args, table, version, rows, profiles, selection, done: bool) -> str:
       vals = [np.mean([p[b][k] for p in per_seed]) for k in table.depths + ("p_at_h2",)]
       lines.append(f"| {name} | {b} | " + " | ".join(
           "—" if np.isnan(v) else f"{v:.4f}" for v in vals) + " |")
+  ranked = [m for m in rows if f"{m}, re-ranked" in rows]
+  if ranked:
+    lines += ["", "Re-ranked minus Hamming (each seed's Hamming top-R re-ordered by the query's "
+              "real-valued code), per length and seed:"]
+    for m in ranked:
+      lines.append(f"- {m}: " + "; ".join(f"{b} bits " + " ".join(
+          f"{r[b] - h[b]:+.4f}" for r, h in zip(rows[f"{m}, re-ranked"], rows[m])) for b in bits))
   lines += ["", f"Selection (validation mAP, mean over lengths, seed {args.seeds[0]}):"] + selection
   return "\n".join(lines)
 
@@ -215,6 +223,12 @@ def _method(args, table, version, method, rows, profiles, selection):
   bits = table.bits
   rows[method] = [{b: m["by_bits"][str(b)]["map"] for b in bits} for m, _ in done]
   rows[f"{method} + ITQ on its layer"] = [{b: q[str(b)]["itq"] for b in bits} for _, q in done]
+  if "asymmetric" in done[0][0]["by_bits"][str(bits[0])]:
+    rows[f"{method}, re-ranked"] = [{b: m["by_bits"][str(b)]["asymmetric"][table.top]
+                                     for b in bits} for m, _ in done]
+    profiles[f"{method}, re-ranked"] = [
+        {b: dict(m["by_bits"][str(b)]["asymmetric"], p_at_h2=float("nan")) for b in bits}
+        for m, _ in done]
   rows[f"{method}: hash layer, cosine (ceiling)"] = [
       {b: m["ceiling"][f"hash layer {b}"]["map_at"][table.top] for b in bits} for m, _ in done]
   profiles[method] = [{b: table.profile(m["by_bits"][str(b)]) for b in bits} for m, _ in done]
