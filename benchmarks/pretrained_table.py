@@ -208,8 +208,15 @@ def report(args, table, version, rows, profiles, selection, done: bool) -> str:
   return "\n".join(lines)
 
 
-def _method(args, table, version, method, rows, profiles, selection):
-  """Selection on validation (``--trials`` settings, seed ``seeds[0]``), then the seeds."""
+def _select(args, table, version, method, selection) -> dict:
+  """The setting kept on validation: ``--trials`` settings trained on seed ``seeds[0]``, the
+  best mean validation mAP over lengths kept; or, with ``--kept``, the one a selection
+  recorded there kept."""
+  if args.kept:
+    kept = json.load(open(args.kept))
+    selection.append(f"- {method}: kept {json.dumps(kept[method])} (from {args.kept}: "
+                     f"{kept.get('_source', '')})")
+    return kept[method]
   scored = []
   for trial in _trials(method, args.trials):
     m, _ = run(args, method, trial, args.seeds[0], version, ceiling=False)
@@ -219,7 +226,13 @@ def _method(args, table, version, method, rows, profiles, selection):
   best = max(scored, key=lambda t: t[0])
   selection.append(f"- {method}: " + "; ".join(f"{json.dumps(t)} val {v:.4f}" for v, t in scored)
                    + f" -> kept {json.dumps(best[1])}")
-  done = [run(args, method, best[1], s, version, ceiling=True) for s in args.seeds]
+  return best[1]
+
+
+def _method(args, table, version, method, rows, profiles, selection):
+  """Selection on validation (:func:`_select`), then the seeds."""
+  kept = _select(args, table, version, method, selection)
+  done = [run(args, method, kept, s, version, ceiling=True) for s in args.seeds]
   bits = table.bits
   rows[method] = [{b: m["by_bits"][str(b)]["map"] for b in bits} for m, _ in done]
   rows[f"{method} + ITQ on its layer"] = [{b: q[str(b)]["itq"] for b in bits} for _, q in done]
@@ -243,6 +256,7 @@ def main():
   p.add_argument("--val-per-class", type=int, default=0,
                  help="validation queries per class (0: the config's; it must have some)")
   p.add_argument("--only", nargs="*", help="run only these methods")
+  p.add_argument("--kept", help="a JSON file {method: overrides} a selection kept (no trials run)")
   p.add_argument("--out", help="also write the report (markdown) here, after every method")
   args = p.parse_args()
   os.chdir(runs.ROOT)
