@@ -124,6 +124,9 @@ def get_config():
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 300
+  # > 0: train this many passes over the training images instead (steps = epochs * n / batch,
+  # rounded up): a recipe that holds across dataset sizes.
+  config.train.epochs = 0.0
   config.train.batch_size = 64
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3

@@ -50,7 +50,7 @@ _POSITIVE = ("model.latent_dim", "train.steps", "train.batch_size", "train.learn
              "loss.temperature", "loss.sort_temperature", "dataset.image_size", "features.chunk")
 _NON_NEGATIVE = ("train.warmup_steps", "train.eval_every", "loss.quant_weight",
                  "loss.balance_weight", "loss.kl_weight", "loss.cubic_weight",
-                 "loss.bihalf_gamma", "eval.rerank")
+                 "loss.bihalf_gamma", "eval.rerank", "train.epochs")
 _FRACTIONS = ("dataset.min_scale", "dataset.jitter_prob", "dataset.gray_prob", "dataset.flip")
 
 

@@ -10,6 +10,7 @@ and several processes (each feeds its slice of the global batch through
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Callable, Optional
@@ -23,7 +24,7 @@ from nsh_jax import (checkpoints, distributed, encoder_input, evaluation, events
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import code_version, format_duration, provenance, read_json, write_json
 
-__all__ = ["train_and_evaluate"]
+__all__ = ["train_and_evaluate", "resolve_steps"]
 
 
 @dataclasses.dataclass
@@ -174,7 +175,9 @@ def _header(run: _Run, start_step: int) -> None:
                f"  model     {c.model.backbone} ({how}) | codes {lengths} bits"
                + ("" if c.quantizer == "sign" else f" ({c.quantizer} on the hash layer)")
                + f" | input {c.dataset.image_size}px",
-               f"  training  {c.train.steps:,} steps x batch {c.train.batch_size} on {devices} | "
+               f"  training  {c.train.steps:,} steps"
+               + (f" ({c.train.epochs:g} epochs)" if c.train.get("epochs") else "")
+               + f" x batch {c.train.batch_size} on {devices} | "
                f"{c.train.optimizer} lr {c.train.learning_rate:g} | seed {c.seed}",
                f"  work dir  {run.workdir}{resume}"):
     run.log(line)
@@ -210,6 +213,17 @@ def _summary(run: _Run, result: dict) -> None:
           f"{os.path.join(run.workdir, 'metrics.json')}")
 
 
+def resolve_steps(config, n_train: int):
+  """``config`` with ``train.steps`` set from ``train.epochs`` when that is > 0:
+  ``ceil(epochs * n_train / batch_size)`` steps (the config itself is left alone)."""
+  epochs = float(config.train.get("epochs", 0) or 0)
+  if epochs <= 0:
+    return config
+  config = config.copy_and_resolve_references()
+  config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates.
 
@@ -218,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   os.makedirs(workdir, exist_ok=True)
   code_version()  # read now: the code this run starts with is what its metrics.json records
   splits = input_pipeline.load(config)
+  config = resolve_steps(config, len(splits.train_labels))
   inputs = encoder_input.create(config, splits, log)
   run = _Run(config, workdir, inputs, state_lib.make_mesh(),
              checkpoints.checkpoint_manager(workdir, config), _summary_writer(workdir), log)

@@ -262,3 +262,16 @@ def test_sort_temperature_units_and_annealing():
   c.sort_anneal_steps = 100
   assert float(objectives.sort_temperature(c, 50, 16)) == pytest.approx(3.0 / 16)
   assert float(objectives.sort_temperature(c, 500, 16)) == pytest.approx(1.0 / 16)
+
+
+def test_epochs_set_the_steps_from_the_training_split():
+  from configs import default
+  from nsh_jax import config_checks, train
+  c = default.get_config()
+  assert train.resolve_steps(c, 1000) is c  # epochs 0: steps as given
+  c.train.epochs, c.train.batch_size = 2.5, 64
+  r = train.resolve_steps(c, 1000)
+  assert r.train.steps == 40 and c.train.steps == 900  # ceil(2.5 * 1000 / 64); c untouched
+  c.train.epochs = -1.0
+  with pytest.raises(config_checks.ConfigError, match="train.epochs"):
+    config_checks.validate(c)
