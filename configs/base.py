@@ -96,7 +96,7 @@ def get_config():
   # SoftSort temperature (objectives.sort_temperature): in Hamming bits by default.
   config.loss.sort_temperature = 1.0
   # 'bit': sort_temperature in Hamming bits (the paper); 'length': a fraction of the
-  # code length, the same softness at every length (docs/pretrained.md).
+  # code length, the same softness at every length.
   config.loss.sort_temperature_unit = "bit"
   config.loss.sort_temperature_start = 0.0  # 0: no annealing
   config.loss.sort_anneal_steps = 0

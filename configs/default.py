@@ -1,11 +1,12 @@
 """The first run: scikit-learn's bundled digits, a small CNN trained from scratch,
 NSH with its instance terms, 16/32/64-bit codes (one nested head), ITQ on the
-learned hash layer.  Needs no download; about 2.5 minutes on a 2-core CPU.
+learned hash layer.  Needs no download; about 3 minutes on a 2-core CPU.
 
 ``--config=configs/default.py:PRESET`` picks the augmentation preset of
 ``base.AUGMENTATIONS``: ``digits`` (the default: crops, no flips, no colour
-jitter) or ``natural`` (photos: MoCo-v2).  What each choice is worth, with the
-ablations and three seeds, is in docs/first_run.md.
+jitter) or ``natural`` (photos: MoCo-v2).  Point it at your own small dataset with
+``--config.dataset.name=folder:PATH`` (or ``npz:``/``lists:``); how the recipe holds on data
+it was not chosen on: docs/results/first_run.md.
 """
 
 from configs import base

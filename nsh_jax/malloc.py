@@ -13,11 +13,9 @@ arenas of their own.  :func:`tune`:
 * ``M_TRIM_THRESHOLD`` at its maximum -- freed heap memory is kept for the next step;
 * ``M_ARENA_MAX = 1`` -- threads created afterwards (XLA's) share the main arena.
 
-``heap_only=True`` is the earlier setting (``M_MMAP_MAX = 0``: every block from the heap,
-so not even XLA's per-execution temp buffer faults), kept for comparison in
-``benchmarks/malloc_settings.py``: at batch 2,048 with SortedNCE's old kernel its one heap
-grew past 18 GiB in 24 steps where glibc's defaults stayed at 8.8 GiB (docs/pretrained.md).
-The measured speeds and page faults of the three are in BENCHMARKS.md ("malloc settings").
+``heap_only=True`` (``M_MMAP_MAX = 0``: every block from the heap, so not even XLA's
+per-execution temp buffer faults) is the unbounded alternative: freed holes stay resident,
+and a heap grown at a large batch never shrinks (``tests/test_malloc.py`` shows both).
 The settings are process-wide, so the library never applies them on import; ``main.py``
 calls :func:`tune` first thing, and other programs may call it themselves before JAX
 starts.  ``NSH_JAX_KEEP_MALLOC=1`` leaves malloc alone.  Does nothing outside glibc.

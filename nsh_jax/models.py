@@ -115,7 +115,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
   statistics come from per-channel sums over ``H, W``; ``shift`` (the bias of
   the convolution before it) enters only those ``[n, C]`` sums.  So neither
   the bias add nor any parameter gradient makes a pass over the full-size
-  tensor (measured by ``benchmarks/train_step.py``).
+  tensor.
   """
   n, h, w, c = x.shape
   k, hw = c // groups, h * w

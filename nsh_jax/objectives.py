@@ -12,8 +12,8 @@ NSH (``'nsh'``)::
     ramp(step) * sorted_weight * symmetric SortedNCE(c1, c2, z1, z2)
       + instance_weight * NT-Xent(z1, z2) + code_instance_weight * NT-Xent(sgn c1, sgn c2)
 
-(``ramp`` goes 0 -> 1 over ``sorted_warmup_steps``; the instance terms are off
-by default and are what NSH needs from scratch, docs/training.md).
+(``ramp`` goes 0 -> 1 over ``sorted_warmup_steps``; the instance terms are off by
+default: from scratch the codes rank candidates at random, and they give SortedNCE an anchor).
 
 The other unsupervised methods of the NSH paper's Table 1, each as its authors'
 code computes it (their docstrings say where that differs from the paper):

@@ -74,7 +74,8 @@ def _log_step(run: _Run, done: int, m: dict, rate: float) -> None:
           + mining)
   if m["bit_balance"] > 0.98 and done >= run.config.train.warmup_steps:
     run.log(f"warning: codes collapsed at step {done} (every bit has the same sign in "
-            f"{m['bit_balance']:.0%} of the batch); see docs/training.md")
+            f"{m['bit_balance']:.0%} of the batch): raise loss.balance_weight or lower "
+            f"train.learning_rate")
   run.history.append({"step": done, **m})
   if run.writer:
     for k, v in m.items():

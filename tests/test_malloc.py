@@ -87,8 +87,8 @@ def test_tune_stops_page_faults_of_a_steps_reused_blocks():
 
 def test_blocks_above_32_mib_still_go_back_to_the_kernel():
   """What bounds the heap: a freed 96 MiB block is returned even with a live block above
-  it.  The earlier all-heap setting kept such holes resident, and a batch-2,048 run grew
-  past 18 GiB where glibc's defaults stayed at 8.8 GiB (docs/pretrained.md)."""
+  it.  The all-heap setting keeps such holes resident, so a heap grown at a large batch
+  never shrinks."""
   tuned, default, heap = (_probe(s, "returned")["kept"] for s in ("tuned", "default",
                                                                   "heap_only"))
   assert tuned < 8 * MIB and default < 8 * MIB, (tuned, default)
