@@ -73,6 +73,9 @@ def get_config():
   config.model.backbone = "small_cnn"
   config.model.pretrained = False
   config.model.frozen = False
+  # With a pretrained backbone that is not frozen: -1 trains all of it; K > 0 its last K
+  # blocks and head only (EfficientNet-Lite), the trunk below frozen.
+  config.model.train_blocks = -1
   # Code lengths; several = one head emitting prefixes (NHL), e.g. (16, 32, 64).
   config.model.bit_list = (64,)
   config.model.latent_dim = 128
@@ -130,6 +133,8 @@ def get_config():
   config.train.batch_size = 64
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3
+  # The learning rate of a trained backbone, as a multiple of train.learning_rate.
+  config.train.backbone_lr = 1.0
   config.train.final_lr_fraction = 0.05
   config.train.weight_decay = 1e-4
   config.train.grad_clip = 1.0

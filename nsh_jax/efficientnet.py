@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -172,25 +172,40 @@ class EfficientNetLite(nn.Module):
   """EfficientNet-Lite backbone: images ``[n, H, W, 3]`` (normalised) -> pooled
   features ``[n, 1280]``, or ImageNet logits ``[n, 1000]`` with ``include_top``.
   ``grouped_depthwise`` computes the depthwise layers as grouped convolutions
-  (same values; the natural form on GPU/TPU, slow on XLA:CPU)."""
+  (same values; the natural form on GPU/TPU, slow on XLA:CPU).
+
+  A part of the network, with the whole network's parameter names: ``start > 0`` reads
+  the activation entering block ``start`` (no stem); ``stop`` returns the activation
+  entering block ``stop`` (no head); ``frozen_below > 0`` stops gradients at the
+  activation entering that block (the trunk below it frozen).  BatchNorm always uses its
+  ImageNet statistics (inference mode: frozen statistics, the standard for fine-tuning at
+  small batches); its scale and bias train where their block does."""
   variant: str = "lite0"
   include_top: bool = False
   grouped_depthwise: bool = False
   dtype: Any = jnp.float32
+  start: int = 0
+  stop: Optional[int] = None
+  frozen_below: int = 0
 
   @nn.compact
   def __call__(self, x):
     v = VARIANTS[self.variant]
     init = nn.initializers.lecun_normal()
     x = x.astype(self.dtype)
-    stem = self.param("stem_conv", init, (3, 3, 3, 32), jnp.float32)
-    pad = _same_pad(v.native_size, 3, 2)
-    x = jax.lax.conv_general_dilated(x, stem.astype(self.dtype), (2, 2), (pad, pad),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    x = jax.nn.relu6(_BatchNorm(name="stem_bn")(x))
     specs = block_specs(self.variant)
-    for i, spec in enumerate(specs):
-      x = _MBConv(spec, self.dtype, self.grouped_depthwise, name=f"block{i}")(x)
+    if self.start == 0:
+      stem = self.param("stem_conv", init, (3, 3, 3, 32), jnp.float32)
+      pad = _same_pad(v.native_size, 3, 2)
+      x = jax.lax.conv_general_dilated(x, stem.astype(self.dtype), (2, 2), (pad, pad),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x = jax.nn.relu6(_BatchNorm(name="stem_bn")(x))
+    for i in range(self.start, len(specs) if self.stop is None else self.stop):
+      if i == self.frozen_below and i > 0:
+        x = jax.lax.stop_gradient(x)
+      x = _MBConv(specs[i], self.dtype, self.grouped_depthwise, name=f"block{i}")(x)
+    if self.stop is not None:
+      return x
     head = self.param("head_conv", init, (specs[-1].out, 1280), jnp.float32)
     x = jax.nn.relu6(_BatchNorm(name="head_bn")(_pointwise(x, head.astype(self.dtype))))
     feats = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -248,8 +263,9 @@ def load_pretrained(variables: dict, variant: str, path: str | None = None) -> d
                                  variant)
   converted["params"].pop("fc")
   variables = flax.core.unfreeze(variables)
-  for collection, tree in converted.items():
+  for collection, tree in converted.items():  # the layers the (part of the) network has
     target = variables[collection]["backbone"]
-    variables[collection]["backbone"] = jax.tree.map(
-        lambda old, new: jnp.asarray(new, old.dtype).reshape(old.shape), target, tree)
+    variables[collection]["backbone"] = {k: jax.tree.map(
+        lambda old, new: jnp.asarray(new, old.dtype).reshape(old.shape), target[k], tree[k])
+        for k in target}
   return variables

@@ -8,6 +8,8 @@
 * ``'features'`` -- a frozen pretrained backbone run once per image and view
   (:mod:`nsh_jax.feature_cache`); the model is the heads alone and reads cached
   features ``[F]``; the step draws two distinct cached views per example.
+* ``'trunk'`` -- the same for the activations of a frozen trunk: the model is the
+  backbone's last ``model.train_blocks`` blocks and head (trained) and the heads.
 
 Every kind gives the same things (:class:`EncoderInput`): the array training batches
 are drawn from, the step's two views, the model inputs of each split, the model
@@ -30,14 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import augment, distributed, feature_cache, models
+from nsh_jax import augment, distributed, feature_cache, models, optim
 from nsh_jax.errors import ConfigError
 from nsh_jax.files import digest_arrays, map_chunks
 from nsh_jax.protocol import Splits
 from nsh_jax.registry import Registry
 
-__all__ = ["INPUTS", "EncoderInput", "ImagesInput", "FeaturesInput", "Features", "Encoder",
-           "create", "two_cached_views"]
+__all__ = ["INPUTS", "EncoderInput", "ImagesInput", "FeaturesInput", "TrunkInput", "Features",
+           "Encoder", "create", "two_cached_views"]
 
 INPUTS = Registry("encoder input", "model.input")
 
@@ -57,6 +59,13 @@ class EncoderInput:
   ``shape`` (one example as the model reads it), ``digest``.
   """
   name = ""
+
+  @property
+  def trains_backbone(self) -> bool:
+    """Whether (part of) a pretrained backbone trains: its own features then get a ceiling
+    row beside the frozen ones."""
+    c = self.config.model
+    return bool(c.pretrained and not c.frozen)
 
   def __init__(self, config, splits: Optional[Splits] = None, log=print):
     self.config, self.splits, self.log = config, splits, log
@@ -98,11 +107,11 @@ class EncoderInput:
     return None
 
 
-def _model(config, backbone: Optional[str]) -> models.HashEncoder:
+def _model(config, backbone: Optional[str], part: tuple = ()) -> models.HashEncoder:
   return models.HashEncoder(backbone=backbone, bits=max(int(b) for b in config.model.bit_list),
                             latent_dim=config.model.latent_dim, frozen=config.model.frozen,
                             head_hidden=config.model.head_hidden,
-                            dtype=jnp.bfloat16 if config.model.bf16 else jnp.float32)
+                            dtype=jnp.bfloat16 if config.model.bf16 else jnp.float32, part=part)
 
 
 def _describe(config, *extra) -> str:
@@ -124,8 +133,20 @@ class ImagesInput(EncoderInput):
     self.train = None if splits is None else splits.train_images
     self.digest = _describe(config)
 
+  @classmethod
+  def check(cls, config):
+    m = config.model
+    blocks = models.BACKBONES.get(m.backbone).blocks
+    if m.train_blocks > 0 and (m.frozen or not m.pretrained or not 0 < m.train_blocks < blocks):
+      raise ConfigError(f"config.model.train_blocks={m.train_blocks} trains the last blocks of a "
+                        f"pretrained backbone with blocks: it needs model.pretrained=True, "
+                        f"model.frozen=False and fewer than the backbone's {blocks or 'no'} "
+                        f"blocks (-1 trains all of it)")
+
   def model(self):
-    return _model(self.config, self.config.model.backbone)
+    below = optim.frozen_below(self.config)  # model.train_blocks: the trunk below frozen
+    return _model(self.config, self.config.model.backbone,
+                  (("frozen_below", below),) if below else ())
 
   def init_variables(self, variables):
     if not self.config.model.pretrained:
@@ -195,6 +216,68 @@ class FeaturesInput(EncoderInput):
 
   def frozen_features(self):
     return Features(self.cached.train, self.cached.query, self.cached.database)
+
+
+@INPUTS.register("trunk")
+class TrunkInput(FeaturesInput):
+  """Cached activations of a frozen backbone's trunk in (``features.views`` augmented views
+  per training image, and the clean images): the model is the backbone's last
+  ``model.train_blocks`` blocks and head, trained, and the hash heads.  The images path
+  (``model.input='images'`` with the same ``model.train_blocks``) computes the same thing
+  from pixels in every step, with fresh views: the accelerator's way."""
+  name = "trunk"
+
+  def __init__(self, config, splits=None, log=print):
+    EncoderInput.__init__(self, config, splits, log)
+    name, size = config.model.backbone, int(config.dataset.image_size)
+    self.variables = models.pretrained_backbone(name, size)
+    self.stop = optim.frozen_below(config)
+    weights = digest_arrays(*jax.tree.leaves(self.variables))
+    self.digest = _describe(config, weights, self.stop)
+    self.weights = weights
+    self.shape = tuple(jax.eval_shape(lambda v: models.BackboneOnly(name, stop=self.stop).apply(
+        v, jnp.zeros((1, size, size, 3), jnp.float32)), self.variables).shape[1:])
+    self.cached = None
+    if splits is not None:
+      self.cached = feature_cache.load_or_extract(config, splits, self.variables, weights, log,
+                                                  stop=self.stop)
+      self.train = self.cached.train_views
+
+  @classmethod
+  def check(cls, config):
+    m, views = config.model, config.features.views
+    blocks = models.BACKBONES.get(m.backbone).blocks
+    if not (m.pretrained and not m.frozen and blocks and 0 < m.train_blocks < blocks
+            and views >= 2):
+      raise ConfigError(f"config.model.input='trunk' trains the last model.train_blocks blocks "
+                        f"of a pretrained backbone with blocks on cached trunk activations: it "
+                        f"needs model.pretrained=True, model.frozen=False, an EfficientNet-Lite "
+                        f"backbone, 0 < model.train_blocks < its {blocks or 'no'} blocks (got "
+                        f"{m.train_blocks}) and features.views >= 2 (got {views})")
+
+  @property
+  def trains_backbone(self) -> bool:
+    return True
+
+  def model(self):
+    return _model(self.config, self.config.model.backbone, (("start", self.stop),))
+
+  def init_variables(self, variables):
+    return models.with_backbone(variables, self.variables)
+
+  def views(self, key, batch, ids):
+    return two_cached_views(key, batch, ids).reshape((-1,) + self.shape)
+
+  def prepare(self, x):
+    return x.reshape((x.shape[0],) + self.shape)
+
+  def from_images(self, images):
+    return feature_cache.clean_features(self.config, self.variables, self.stop)(images)
+
+  def frozen_features(self):
+    f = feature_cache.clean_split_features(self.config, self.splits, self.variables,
+                                           self.weights, self.log)
+    return Features(f["train"], f["query"], f["database"])
 
 
 def two_cached_views(key, views, ids) -> jax.Array:

@@ -157,15 +157,19 @@ def _depths(config) -> tuple:
   return tuple(dict.fromkeys(tuple(config.eval.get("depths", ())) + (config.eval.top_k or 0,)))
 
 
-def ceilings(config, splits: Splits, emb: dict, features: Optional[Features], log=print) -> dict:
+def ceilings(config, splits: Splits, emb: dict, features: Optional[Features], log=print,
+             trained: Optional[tuple] = None) -> dict:
   """Cosine ranking of continuous vectors (:func:`metrics.cosine_map`), test and validation
   queries, every depth: ``'features'``, the frozen backbone's clean features (what any code
-  made from them can reach), and ``'hash layer <b>'``, the model's own continuous outputs
-  per length (what its ``b``-bit codes can reach).  ``{row: {'map_at': {depth: mAP},
-  'validation': {depth: mAP}}}``."""
+  made from them can reach), ``'trained backbone'`` (``trained``: the query and database
+  features of a backbone that trained), and ``'hash layer <b>'``, the model's own
+  continuous outputs per length (what its ``b``-bit codes can reach).
+  ``{row: {'map_at': {depth: mAP}, 'validation': {depth: mAP}}}``."""
   depths = _depths(config)
   rows = {f"hash layer {b}": (emb["query"][:, :b], emb["database"][:, :b])
           for b in bit_list(config)}
+  if trained is not None:
+    rows = {"trained backbone": trained, **rows}
   if features is not None:
     rows = {"features": (features.query, features.database), **rows}
   val_labels = protocol.validation_view(splits, splits.db_labels)
@@ -208,7 +212,11 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
       result["baselines_validation"] = {k: {b: r["validation"] for b, r in by.items()}
                                         for k, by in curves.items()}
   if reference and config.eval.get("ceiling", True):
-    result["ceiling"] = ceilings(config, splits, emb, features, log)
+    trained = None
+    if inputs.trains_backbone:  # its own features: how far the representation moved
+      own = Encoder(inputs, mesh, output="features")
+      trained = tuple(own(state, inputs.split(w)) for w in ("query", "database"))
+    result["ceiling"] = ceilings(config, splits, emb, features, log, trained)
   if workdir:
     _write(config, workdir, result, emb, codes, quantizers, splits, curves, log)
   return result

@@ -38,7 +38,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +47,8 @@ import numpy as np
 from nsh_jax import augment, models
 from nsh_jax.files import digest_arrays, format_duration, map_chunks
 
-__all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "store_dir", "image_keys", "clean_features",
-           "extract", "load_or_extract"]
+__all__ = ["FeatureSet", "cache_dir", "cache_key", "view_seed", "store_dir", "image_keys",
+           "clean_features", "clean_split_features", "extract", "load_or_extract"]
 
 _AUG_KEYS = ("min_scale", "brightness", "contrast", "saturation", "hue", "jitter_prob",
              "gray_prob", "flip")
@@ -77,7 +77,13 @@ def view_seed(config) -> int:
   return int(config.seed) if seed < 0 else seed
 
 
-def cache_key(config, splits, weights_digest: str) -> Dict:
+def _part(stop: Optional[int]) -> dict:
+  """The cache key's entry for a trunk (the activation entering block ``stop``); none for
+  the whole backbone's pooled features (so their caches keep their names)."""
+  return {} if stop is None else {"stop": int(stop)}
+
+
+def cache_key(config, splits, weights_digest: str, stop: Optional[int] = None) -> Dict:
   """Everything the cached features depend on (its digest names the folder)."""
   ds = config.dataset
   return {"backbone": config.model.backbone, "weights": weights_digest,
@@ -85,7 +91,7 @@ def cache_key(config, splits, weights_digest: str) -> Dict:
           "augmentation": {k: float(ds[k]) for k in _AUG_KEYS},
           "views": int(config.features.views), "seed": view_seed(config),
           "data": digest_arrays(splits.train_images, splits.query_images, splits.db_images),
-          "format": 3}
+          "format": 3, **_part(stop)}
 
 
 def image_keys(images: np.ndarray) -> np.ndarray:
@@ -97,12 +103,13 @@ def image_keys(images: np.ndarray) -> np.ndarray:
                    for im in images]) if len(images) else np.zeros((0, 16), np.uint8)
 
 
-def store_dir(config, weights_digest: str) -> str:
+def store_dir(config, weights_digest: str, stop: Optional[int] = None) -> str:
   """The clean store's folder: it depends on the backbone, its weights, the resolution and
-  the normalisation -- not on the split, views, augmentation or seeds."""
+  the normalisation (and the trunk's end) -- not on the split, views, augmentation or seeds."""
   ds = config.dataset
   key = {"backbone": config.model.backbone, "weights": weights_digest,
-         "image_size": int(ds.image_size), "normalization": ds.normalization, "format": 1}
+         "image_size": int(ds.image_size), "normalization": ds.normalization, "format": 1,
+         **_part(stop)}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   return os.path.join(cache_dir(config), f"{config.model.backbone}-clean-{digest}")
 
@@ -180,12 +187,15 @@ class _Progress:
              f"ETA {format_duration((self.total - self.done) / max(rate, 1e-9))}")
 
 
-def _jitted_backbone(config, variables):
+def _jitted_backbone(config, variables, stop: Optional[int] = None):
   """``(images_u8 [b, H, W, 3]) -> [b, F]`` on clean images, and
-  ``(key, images_u8, ids [b]) -> [b, F]`` on one augmented view of each."""
+  ``(key, images_u8, ids [b]) -> [b, F]`` on one augmented view of each: the frozen
+  backbone's pooled features, or (``stop``) its trunk's activations entering block ``stop``,
+  flattened."""
   ds = config.dataset
-  module = models.BackboneOnly(config.model.backbone)
-  run = lambda x01: module.apply(variables, augment.normalize(x01, ds.normalization))
+  module = models.BackboneOnly(config.model.backbone, stop=stop)
+  run = lambda x01: module.apply(variables, augment.normalize(x01, ds.normalization)).reshape(
+      x01.shape[0], -1)
 
   def view(key, images, ids):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
@@ -195,11 +205,11 @@ def _jitted_backbone(config, variables):
   return jax.jit(clean), jax.jit(view)
 
 
-def clean_features(config, variables) -> Callable:
-  """``images_u8 [n, H, W, 3] -> float32 [n, F]``: the frozen backbone on clean images,
-  in zero-padded chunks of ``features.chunk`` -- the very computation the cache's
+def clean_features(config, variables, stop: Optional[int] = None) -> Callable:
+  """``images_u8 [n, H, W, 3] -> float32 [n, F]``: the frozen backbone (or trunk) on clean
+  images, in zero-padded chunks of ``features.chunk`` -- the very computation the cache's
   ``query``/``database`` features came from, so new images get the same features."""
-  clean, _ = _jitted_backbone(config, variables)
+  clean, _ = _jitted_backbone(config, variables, stop)
   chunk = int(config.features.chunk)
   return lambda images: map_chunks(lambda batch, lo: clean(batch), images, chunk).astype(
       np.float32)
@@ -220,24 +230,43 @@ def _chunks(folder: str, name: str, images: np.ndarray, chunk: int, fn: Callable
   return map_chunks(one, images, chunk)
 
 
-def extract(config, splits, variables, folder: str, store: str, log=print) -> FeatureSet:
-  """Computes (or resumes) the views in ``folder`` and the clean features missing from
-  the clean store ``store``; returns the split's features."""
-  os.makedirs(folder, exist_ok=True)
-  clean, view = _jitted_backbone(config, variables)
-  chunk, k_views = int(config.features.chunk), int(config.features.views)
-  n_train = splits.train_images.shape[0]
+def _clean_splits(splits, store: str, chunk: int, clean: Callable, progress, log) -> dict:
+  """``{'train', 'query', 'database': [*, F]}`` clean features of the splits from the store
+  ``store`` (the missing ones computed by ``clean`` and added to it)."""
   # Training images that are database rows are not looked up twice.
   named = [("query", splits.query_images), ("database", splits.db_images)]
   if splits.train_rows is None:
     named.insert(0, ("train", splits.train_images))
-  progress = _Progress(n_train * k_views + sum(x.shape[0] for _, x in named), log)
   out = dict(zip([n for n, _ in named],
                  _from_store(store, [x for _, x in named], chunk, clean, progress)))
   if progress.done > progress.computed:
     log(f"features: {progress.done - progress.computed} clean images found in {store}")
   if splits.train_rows is not None:
     out["train"] = out["database"][splits.train_rows]
+  return out
+
+
+def clean_split_features(config, splits, variables, weights_digest: str, log=print) -> dict:
+  """``{'train', 'query', 'database': [*, F]}``: the frozen backbone's clean pooled features
+  of the splits, from (and into) its clean store -- no views."""
+  clean, _ = _jitted_backbone(config, variables)
+  progress = _Progress(sum(x.shape[0] for x in (splits.query_images, splits.db_images)), log)
+  return _clean_splits(splits, store_dir(config, weights_digest), int(config.features.chunk),
+                       clean, progress, log)
+
+
+def extract(config, splits, variables, folder: str, store: str, log=print,
+            stop: Optional[int] = None) -> FeatureSet:
+  """Computes (or resumes) the views in ``folder`` and the clean features missing from
+  the clean store ``store``; returns the split's features."""
+  os.makedirs(folder, exist_ok=True)
+  clean, view = _jitted_backbone(config, variables, stop)
+  chunk, k_views = int(config.features.chunk), int(config.features.views)
+  n_train = splits.train_images.shape[0]
+  n_clean = splits.query_images.shape[0] + splits.db_images.shape[0] + (
+      n_train if splits.train_rows is None else 0)
+  progress = _Progress(n_train * k_views + n_clean, log)
+  out = _clean_splits(splits, store, chunk, clean, progress, log)
   base = jax.random.PRNGKey(view_seed(config))
   views = [_chunks(folder, f"view{k}", splits.train_images, chunk,
                    lambda b, lo, key=jax.random.fold_in(base, k): view(
@@ -249,9 +278,11 @@ def extract(config, splits, variables, folder: str, store: str, log=print) -> Fe
   return FeatureSet(train_views, out["train"], out["query"], out["database"], folder)
 
 
-def load_or_extract(config, splits, variables, weights_digest: str, log=print) -> FeatureSet:
-  """The cached features for this config and data: read if complete, else extracted."""
-  key = cache_key(config, splits, weights_digest)
+def load_or_extract(config, splits, variables, weights_digest: str, log=print,
+                    stop: Optional[int] = None) -> FeatureSet:
+  """The cached features for this config and data (``stop``: of the trunk entering that
+  block): read if complete, else extracted."""
+  key = cache_key(config, splits, weights_digest, stop)
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   folder = os.path.join(cache_dir(config), f"{config.model.backbone}-{digest}")
   manifest = os.path.join(folder, "manifest.json")
@@ -260,7 +291,8 @@ def load_or_extract(config, splits, variables, weights_digest: str, log=print) -
   else:
     log(f"features: extracting into {folder} ({key['views']} augmented views per training "
         f"image + clean images, {key['image_size']} px)")
-  fs = extract(config, splits, variables, folder, store_dir(config, weights_digest), log)
+  fs = extract(config, splits, variables, folder, store_dir(config, weights_digest, stop), log,
+               stop)
   if not os.path.exists(manifest) and jax.process_index() == 0:
     tmp = manifest + ".tmp"
     with open(tmp, "w") as f:

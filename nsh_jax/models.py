@@ -43,13 +43,16 @@ __all__ = ["BACKBONES", "Backbone", "HashEncoder", "BackboneOnly", "heads", "Sma
 class Backbone:
   """A registered backbone.
 
-  ``build(images, train, dtype) -> features [n, F]`` is called inside
+  ``build(images, train, dtype, **part) -> features [n, F]`` is called inside
   :class:`HashEncoder` and creates its module under the name ``'backbone'``;
   ``load_pretrained(variables) -> variables`` (optional) puts pretrained
-  weights into that subtree.
+  weights into that subtree.  ``blocks`` (optional): the number of blocks of a backbone
+  that can run in parts (``part``: ``start``, ``stop``, ``frozen_below``, as
+  :class:`nsh_jax.efficientnet.EfficientNetLite` takes them).
   """
   build: Callable
   load_pretrained: Optional[Callable] = None
+  blocks: int = 0
 
 
 BACKBONES = Registry("backbone", "model.backbone")
@@ -269,12 +272,14 @@ class HashEncoder(nn.Module):
   frozen: bool = False
   head_hidden: int = 0
   dtype: Any = jnp.float32
+  part: tuple = ()  # (("start", s), ("frozen_below", f)): a part of a backbone with blocks
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     feats = x
     if self.backbone is not None:
-      feats = BACKBONES.get(self.backbone).build(x, train and not self.frozen, self.dtype)
+      feats = BACKBONES.get(self.backbone).build(x, train and not self.frozen, self.dtype,
+                                                 **dict(self.part))
     if self.frozen:
       feats = jax.lax.stop_gradient(feats)
     return heads(feats.astype(jnp.float32), self.bits, self.latent_dim, self.head_hidden)
@@ -282,13 +287,16 @@ class HashEncoder(nn.Module):
 
 class BackboneOnly(nn.Module):
   """Just the registered backbone (its variables sit under ``'backbone'``, as in
-  :class:`HashEncoder`): images -> features ``[n, F]``, inference mode."""
+  :class:`HashEncoder`): images -> features ``[n, F]``, inference mode; ``stop``: the
+  activation entering that block instead (a frozen trunk)."""
   backbone: str
   dtype: Any = jnp.float32
+  stop: Optional[int] = None
 
   @nn.compact
   def __call__(self, images):
-    return BACKBONES.get(self.backbone).build(images, False, self.dtype)
+    part = {} if self.stop is None else {"stop": self.stop}
+    return BACKBONES.get(self.backbone).build(images, False, self.dtype, **part)
 
 
 def heads(feats: jax.Array, bits: int, latent_dim: int, hidden: int = 0) -> dict:
@@ -315,9 +323,10 @@ BACKBONES.register("vgg16")(Backbone(
     load_pretrained=lambda variables: load_keras_weights(variables, "vgg16")))
 for _variant in efficientnet.VARIANTS:  # efficientnet_lite0, efficientnet_lite2
   BACKBONES.register(f"efficientnet_{_variant}")(Backbone(
-      build=lambda x, train, dtype, v=_variant: efficientnet.EfficientNetLite(
-          v, dtype=dtype, name="backbone")(x),
-      load_pretrained=lambda variables, v=_variant: efficientnet.load_pretrained(variables, v)))
+      build=lambda x, train, dtype, v=_variant, **part: efficientnet.EfficientNetLite(
+          v, dtype=dtype, name="backbone", **part)(x),
+      load_pretrained=lambda variables, v=_variant: efficientnet.load_pretrained(variables, v),
+      blocks=len(efficientnet.block_specs(_variant))))
 BACKBONES.register("resnet50")(Backbone(
     build=lambda x, train, dtype: ResNet50(dtype=dtype, name="backbone")(x, train),
     load_pretrained=lambda variables: load_keras_weights(variables, "resnet50")))
@@ -336,12 +345,16 @@ def pretrained_backbone(name: str, image_size: int) -> dict:
 
 
 def with_backbone(variables: dict, backbone: dict) -> dict:
-  """``variables`` (a :class:`HashEncoder`'s) with their ``'backbone'`` subtrees from
-  ``backbone`` (:func:`pretrained_backbone`)."""
+  """``variables`` (a :class:`HashEncoder`'s) with the layers of their ``'backbone'``
+  subtrees taken from ``backbone`` (:func:`pretrained_backbone`; an encoder with a part of
+  the backbone takes that part)."""
   import flax
   variables = flax.core.unfreeze(variables)
   for collection, tree in backbone.items():
-    variables[collection]["backbone"] = tree["backbone"]
+    # Copies: the train step donates its state's buffers, and ``backbone`` is a cached
+    # (shared) set of weights.
+    variables[collection]["backbone"] = {k: jax.tree.map(jnp.array, tree["backbone"][k])
+                                         for k in variables[collection]["backbone"]}
   return variables
 
 

@@ -198,8 +198,10 @@ def _summary(run: _Run, result: dict) -> None:
     rows.append(("model on validation", {b: result["validation"][b]["map"] for b in lengths}))
   rows += list(result.get("baselines", {}).items())  # none with eval.baselines off
   ceiling = result.get("ceiling", {})
-  if "features" in ceiling:
-    rows.append(("features, cosine", {b: ceiling["features"]["map_at"][k] for b in lengths}))
+  for row, name in (("features", "features, cosine"),
+                    ("trained backbone", "trained backbone, cosine")):
+    if row in ceiling:
+      rows.append((name, {b: ceiling[row]["map_at"][k] for b in lengths}))
   if ceiling:
     rows.append(("hash layer, cosine", {b: ceiling[f"hash layer {b}"]["map_at"][k]
                                         for b in lengths}))
