@@ -34,6 +34,7 @@ def _loss(config, outs, step=0):
              for k in range(2))
 
 
+@pytest.mark.slow
 def test_the_trunk_path_and_the_images_path_compute_the_same_step():
   """On the same augmented views: the images path (whole network, gradients stopped below
   block N-K) and the trunk path (the frozen trunk's activations into the last K blocks) give
@@ -68,6 +69,7 @@ def test_the_trunk_path_and_the_images_path_compute_the_same_step():
       "backbone"] for g in jax.tree.leaves(v))
 
 
+@pytest.mark.slow
 def test_training_leaves_the_frozen_trunk_and_every_batchnorm_statistic_bit_identical():
   """Two steps with weight decay: the stem and the blocks below N-K are bit-identical to the
   ImageNet weights, so are all BatchNorm statistics; the trained blocks moved (at
