@@ -30,7 +30,8 @@ CASES = _cases()
 def test_the_config_list_is_what_ships():
   """The list below is what the README and docs/usage.md name; a new config file joins it."""
   assert [f"{n}:{v}" if v else n for n, v in CASES] == [
-      "base", "cifar:lite2", "cifar:lite0", "cifar:vgg16", "cifar_nested",
+      "base", "cifar:lite2", "cifar:lite0", "cifar:vgg16", "cifar:lite2_top",
+      "cifar:lite2_finetune", "cifar_nested",
       "cifar_prefix:plain", "cifar_prefix:nested", "cifar_prefix_pretrained", "coco", "corel5k",
       "default:natural", "default:digits", "nus_wide"]
 
