@@ -200,7 +200,9 @@ def _open_rgb(name: str, data: bytes, size: int):
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale (>= size)
     return img.convert("RGB")
   except Exception as e:  # Pillow raises many types for bad files
-    raise DataError(f"cannot decode image {name}: {type(e).__name__}: {e}") from None
+    why = ("not an image file Pillow can read" if type(e).__name__ == "UnidentifiedImageError"
+           else f"{type(e).__name__}: {e}")
+    raise DataError(f"cannot decode image {name}: {why}") from None
 
 
 def _square(img, size: int):

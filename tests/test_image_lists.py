@@ -92,7 +92,7 @@ def _break(root, case):
 
 @pytest.mark.parametrize("case,expect", [
     ("missing", "test.txt: test/002.png (the image of its line 3) is not in"),
-    ("corrupt", "cannot decode image"),
+    ("corrupt", "test.txt line 3: test/002.png: not an image file Pillow can read"),
     ("width", "test.txt line 3: test/002.png has 5 labels, expected 4"),
     ("value", "test.txt line 3: label '2' of test/002.png is not 0 or 1"),
     ("no label", "test.txt line 3: test/002.png has no label"),
@@ -107,8 +107,6 @@ def test_bad_lists_are_one_line_naming_the_file_and_line(tmp_path, case, expect)
     image_lists.read_list_dataset(root, 32)
   msg, code = errors.describe(e.value)
   assert code == 2 and "\n" not in msg and expect in msg, msg
-  if case == "corrupt":
-    assert "test/002.png" in msg
 
 
 def _list_config(path, **dataset):
