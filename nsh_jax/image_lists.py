@@ -80,7 +80,7 @@ def read_list_dataset(path: str, size: int) -> Tuple[Dict[str, tuple], Optional[
     lists[name] = parse_list(f"{path}/{name}", text(name), width)
     for number, p in enumerate(lists[name][0], 1):
       if p not in files:
-        raise DataError(f"{path}/{name}: {p} (the image of its line {number}) is not in {path}")
+        raise DataError(f"{path}/{name} line {number}: {p} is not in {path}")
   # Each listed image decoded once, all in one call: one common size for every split.
   unique = sorted({p for paths, _ in lists.values() for p in paths})
   try:

@@ -91,7 +91,7 @@ def _break(root, case):
 
 
 @pytest.mark.parametrize("case,expect", [
-    ("missing", "test.txt: test/002.png (the image of its line 3) is not in"),
+    ("missing", "test.txt line 3: test/002.png is not in"),
     ("corrupt", "test.txt line 3: test/002.png: not an image file Pillow can read"),
     ("width", "test.txt line 3: test/002.png has 5 labels, expected 4"),
     ("value", "test.txt line 3: label '2' of test/002.png is not 0 or 1"),
