@@ -53,3 +53,13 @@ def tiny_config(steps: int = 4):
   c.model.bit_list, c.model.latent_dim, c.eval.top_k, c.train.steps = (16,), 16, 100, steps
   c.eval.baselines = c.eval.plots = False
   return c
+
+
+def dataset_config(name: str, image_size: int, **dataset):
+  """configs/base.py with ``dataset.name = name``, that image size and these dataset keys."""
+  from configs import base
+  c = base.get_config()
+  c.dataset.name, c.dataset.image_size = name, image_size
+  for k, v in dataset.items():
+    c.dataset[k] = v
+  return c

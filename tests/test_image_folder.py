@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import base
-from helpers import TINY, run_main
+from helpers import TINY, dataset_config, run_main
 from nsh_jax import image_folder, input_pipeline, protocol
 from nsh_jax.errors import DataError
 
@@ -60,12 +60,7 @@ def _write(tmp_path, files, kind, name="data"):
 
 
 def _config(path, **dataset):
-  c = base.get_config()
-  c.dataset.name = f"folder:{path}"
-  c.dataset.image_size = 16
-  for k, v in dataset.items():
-    c.dataset[k] = v
-  return c
+  return dataset_config(f"folder:{path}", 16, **dataset)
 
 
 @pytest.mark.parametrize("kind", ["dir", "zip", "tar.xz", "tar.gz", "tar"])

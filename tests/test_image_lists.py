@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import run_main
+from helpers import dataset_config, run_main
 
 
 def make_lists(root, n_db=24, n_test=6, labels=4, seed=0, size=(40, 28), classes=True):
@@ -110,13 +110,7 @@ def test_bad_lists_are_one_line_naming_the_file_and_line(tmp_path, case, expect)
 
 
 def _list_config(path, **dataset):
-  from configs import base
-  c = base.get_config()
-  c.dataset.name = f"lists:{path}"
-  c.dataset.image_size = 32
-  for k, v in dataset.items():
-    c.dataset[k] = v
-  return c
+  return dataset_config(f"lists:{path}", 32, **dataset)
 
 
 def test_multi_label_validation_is_disjoint_seeded_and_label_agnostic(tmp_path):
