@@ -67,6 +67,12 @@ bi_half.defvjp(_bi_half_fwd, _bi_half_bwd)
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
-  """``x / max(||x||_2, eps)`` along ``axis`` (NumPy or JAX, like :func:`binarize`)."""
+  """``x / max(||x||_2, eps)`` along ``axis`` (NumPy or JAX, like :func:`binarize`).
+
+  Computed as ``x / sqrt(max(sum x^2, eps^2))``: the same value, and a finite gradient at
+  ``x = 0`` (a zero row, e.g. a head whose ReLUs are all off), where the gradient of
+  ``||x||`` is 0/0.
+  """
   xp = _xp(x)
-  return x / xp.maximum(xp.linalg.norm(x, axis=axis, keepdims=True), eps)
+  sq = xp.sum(x * x, axis=axis, keepdims=True)
+  return x / xp.sqrt(xp.maximum(sq, xp.asarray(eps, x.dtype) ** 2))

@@ -86,7 +86,9 @@ def _pca(z, bits):
   mean = z.mean(0)
   if bits >= z.shape[1]:
     return mean, np.eye(z.shape[1], dtype=np.float32)
-  _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
+  # Fewer rows than bits: the thin SVD has only n directions; the full one completes them
+  # with orthonormal directions of zero variance.
+  _, _, vt = np.linalg.svd(z - mean, full_matrices=bits > z.shape[0])
   return mean, vt[:bits].T.astype(np.float32)
 
 

@@ -29,9 +29,10 @@ OPTIMIZERS.register("sgd")(lambda lr, t: optax.chain(optax.add_decayed_weights(t
 
 def learning_rate_schedule(config) -> optax.Schedule:
   t = config.train
-  warmup = min(int(t.warmup_steps), max(int(t.steps) - 1, 0))
+  # At least one warmup step (the schedule starts at 0) and one decay step after it.
+  warmup = max(min(int(t.warmup_steps), int(t.steps) - 1), 1)
   return optax.warmup_cosine_decay_schedule(
-      0.0, t.learning_rate, warmup_steps=max(warmup, 1),
+      0.0, t.learning_rate, warmup_steps=warmup,
       decay_steps=max(int(t.steps), warmup + 1), end_value=t.learning_rate * t.final_lr_fraction)
 
 

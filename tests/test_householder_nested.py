@@ -66,6 +66,17 @@ def test_itq_objective_never_increases_and_procrustes_is_orthogonal():
     householder.apply(q, np.zeros((3, 5)))
 
 
+@pytest.mark.parametrize("name", ["itq", "h2q"])
+def test_fewer_rows_than_bits_still_give_orthonormal_projections(name):
+  """42 rows of 128-d data, 64 bits: the PCA has only 41 directions of variance, the
+  other 23 are completed orthonormally (the thin SVD would give 42 columns)."""
+  z = np.random.default_rng(0).normal(size=(42, 128)).astype(np.float32)
+  p = householder.fit(name, z, bits=64, seed=0, **({"epochs": 2} if name == "h2q" else {}))
+  assert p["projection"].shape == (128, 64)
+  np.testing.assert_allclose(p["projection"].T @ p["projection"], np.eye(64), atol=1e-4)
+  assert householder.apply(p, z).shape == (42, 64)
+
+
 def test_h2q_losses():
   x = jnp.array([[0.5, -2.0]])
   assert float(householder.h2q_loss(x, "l2")) == pytest.approx((0.25 + 1.0) / 2)

@@ -6,13 +6,14 @@ import pytest
 from nsh_jax import metrics, retrieval
 
 
-def ref_ap(q, x, ql, dl, k):
-  """Per-query loop: Hamming via +-1 dot, stable argsort (ties by index), AP@k."""
+def ref_ap(q, x, ql, dl, k, keys=None):
+  """Per-query loop: Hamming via +-1 dot, ties by ``keys`` (default: by index), AP@k."""
   qs, xs = np.where(q >= 0, 1, -1), np.where(x >= 0, 1, -1)
+  keys = np.arange(len(x)) if keys is None else np.asarray(keys)
   aps = []
   for i in range(len(q)):
     dist = (q.shape[1] - xs @ qs[i]) // 2
-    order = np.argsort(dist, kind="stable")[:k]
+    order = np.lexsort((keys, dist))[:k]
     if dl.ndim == 1:
       rel = (dl[order] == ql[i]).astype(float)
     else:

@@ -17,6 +17,8 @@ import pytest
 from conftest import ROOT
 from helpers import TINY, checkpoint_params
 
+pytestmark = pytest.mark.slow  # several processes / runs of main.py each
+
 STEPS = 12
 # Baselines on: their multi-process evaluation is compared with one process's.
 ARGS = TINY + [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
@@ -64,7 +66,6 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{sys.argv[2]}", 2, int(sys.argv[1]))
 from nsh_jax import distributed
 
-pytestmark = pytest.mark.slow  # several processes / runs of main.py each
 waits = []
 for late in (2.0, 0.0, 2.0):  # process 1 arrives late at the 1st and 3rd barrier
   if jax.process_index() == 1:

@@ -343,6 +343,17 @@ def test_nt_xent_matches_formula_and_optax():
                              want, rtol=1e-5)
 
 
+
+def test_zero_rows_keep_the_loss_and_its_gradient_finite():
+  """A zero latent (e.g. a frozen backbone whose features are all zero, as Lite2's are at
+  32 px) normalises to zero; the loss and its gradient stay finite (the gradient of
+  ||x|| at 0 is 0/0)."""
+  from nsh_jax.codes import l2_normalize
+  f = jnp.zeros((4, 3)).at[1].set(jnp.array([3.0, 4.0, 0.0]))
+  np.testing.assert_allclose(np.asarray(l2_normalize(f))[:2], [[0, 0, 0], [0.6, 0.8, 0]])
+  g = jax.grad(lambda x: losses.nt_xent(x, x[::-1], 0.2))(f)
+  assert np.all(np.isfinite(np.asarray(g)))
+
 # ------------------------------------------- the fused, chunked kernel vs the composed form
 
 
