@@ -69,10 +69,11 @@ bi_half.defvjp(_bi_half_fwd, _bi_half_bwd)
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
   """``x / max(||x||_2, eps)`` along ``axis`` (NumPy or JAX, like :func:`binarize`).
 
-  Computed as ``x / sqrt(max(sum x^2, eps^2))``: the same value, and a finite gradient at
-  ``x = 0`` (a zero row, e.g. a head whose ReLUs are all off), where the gradient of
-  ``||x||`` is 0/0.
+  An all-zero row (e.g. a frozen backbone whose features are all zero, as Lite2's are at
+  32 px) stays zero with a finite gradient: ``||x||``'s gradient at 0 is 0/0, so such rows
+  take the norm of ones instead (the same ops as before for every other row).
   """
   xp = _xp(x)
-  sq = xp.sum(x * x, axis=axis, keepdims=True)
-  return x / xp.sqrt(xp.maximum(sq, xp.asarray(eps, x.dtype) ** 2))
+  zero = xp.all(x == 0, axis=axis, keepdims=True)
+  norm = xp.linalg.norm(xp.where(zero, xp.ones_like(x), x), axis=axis, keepdims=True)
+  return x / xp.where(zero, eps, xp.maximum(norm, eps))
