@@ -207,6 +207,13 @@ MUTATIONS = [
      "  q = np.tanh(np.asarray(query_codes, np.float32))[:, :bits]",
      "  q = np.asarray(query_codes, np.float32)[:, :bits]",
      "tests/test_ranking.py::test_asymmetric_ranking_equals_brute_force"),
+    # Awkward inputs: an all-zero row, fewer training rows than bits.
+    ("zero rows normalised through ||x||", "nsh_jax/codes.py",
+     "xp.where(zero, xp.ones_like(x), x)", "x",
+     "tests/test_sorted_nce.py::test_zero_rows_keep_the_loss_and_its_gradient_finite"),
+    ("PCA thin with fewer rows than bits", "nsh_jax/householder.py",
+     "full_matrices=bits > z.shape[0]", "full_matrices=False",
+     "tests/test_householder_nested.py::test_fewer_rows_than_bits_still_give_orthonormal_projections"),
     ("no validation queries by default", "nsh_jax/protocol.py",
      "  if per < 0 or total < 0:", "  if False:",
      "tests/test_ranking.py::test_validation_by_default_takes_a_tenth_out_of_training"),
