@@ -227,14 +227,15 @@ def decode(name: str, data: bytes, size: int) -> np.ndarray:
 
 
 def read_images(files: Sequence[Tuple[str, bytes]], size: int, skip_bad: bool = False,
-                where: str = ""):
+                label=lambda name: name):
   """``(images uint8 [n, s, s, 3], names kept, names skipped)`` of ``files``:
   kept at their common size if they share one (square, at most ``size``), else
-  each brought to ``size x size``.  A bad file raises unless ``skip_bad``."""
+  each brought to ``size x size``.  A bad file raises unless ``skip_bad``, naming it
+  ``label(name)`` (where it came from)."""
   arrays, names, skipped = [], [], []
   for name, data in files:
     try:
-      arrays.append(decode(f"{where}{name}", data, size))
+      arrays.append(decode(label(name), data, size))
     except DataError:
       if not skip_bad:
         raise
@@ -284,7 +285,7 @@ def read_split_folder(path: str, size: int) -> Tuple[Dict[str, tuple], List[str]
   sizes = set()
   for split, files in by_split.items():
     files.sort(key=lambda f: f[0])
-    images, names, _ = read_images(files, size, where=f"{path}: ")
+    images, names, _ = read_images(files, size, label=lambda name: f"{path}: {name}")
     out[split] = [images, np.array([index[n.split("/")[1]] for n in names], np.int32), names]
     sizes.add(images.shape[1])
   if len(sizes) > 1:  # splits decoded to different common sizes: bring all to one

@@ -83,13 +83,12 @@ def read_list_dataset(path: str, size: int) -> Tuple[Dict[str, tuple], Optional[
         raise DataError(f"{path}/{name} line {number}: {p} is not in {path}")
   # Each listed image decoded once, all in one call: one common size for every split.
   unique = sorted({p for paths, _ in lists.values() for p in paths})
-  try:
-    images, _, _ = image_folder.read_images([(p, files[p]()) for p in unique], size)
-  except DataError as e:  # name the list and line of the image that failed
-    bad = next(p for p in unique if f"image {p}:" in str(e))
-    name, number = next((n, paths.index(bad) + 1) for n, (paths, _) in lists.items()
-                        if bad in paths)
-    raise DataError(f"{path}/{name} line {number}: {bad}: {str(e).split(f'image {bad}: ')[-1]}")
+  line = {}  # a bad image is named by the first list line that lists it
+  for name in reversed(LISTS):
+    line.update({p: f"{path}/{name} line {i}: {p}"
+                 for i, p in reversed(list(enumerate(lists[name][0], 1)))})
+  images, _, _ = image_folder.read_images([(p, files[p]()) for p in unique], size,
+                                          label=line.__getitem__)
   row = {p: i for i, p in enumerate(unique)}
   out = {}
   for name in LISTS:
