@@ -200,10 +200,12 @@ def report(args, table, version, rows, profiles, selection, done: bool) -> str:
   ranked = [m for m in rows if f"{m}, re-ranked" in rows]
   if ranked:
     lines += ["", "Re-ranked minus Hamming (each seed's Hamming top-R re-ordered by the query's "
-              "real-valued code), per length and seed:"]
+              "real-valued code), per depth, length and seed:"]
     for m in ranked:
-      lines.append(f"- {m}: " + "; ".join(f"{b} bits " + " ".join(
-          f"{r[b] - h[b]:+.4f}" for r, h in zip(rows[f"{m}, re-ranked"], rows[m])) for b in bits))
+      for d in table.depths:
+        lines.append(f"- {m}, mAP@{d}: " + "; ".join(f"{b} bits " + " ".join(
+            f"{r[b][d] - h[b][d]:+.4f}" for r, h in zip(profiles[f"{m}, re-ranked"], profiles[m]))
+            for b in bits))
   lines += ["", f"Selection (validation mAP, mean over lengths, seed {args.seeds[0]}):"] + selection
   return "\n".join(lines)
 
