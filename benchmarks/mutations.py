@@ -19,6 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, file, exact source, replacement, test that must fail)
 MUTATIONS = [
+    ("metrics: multi-label relevance needs every query label", "nsh_jax/metrics.py",
+     "return np.any((qs[:, None, :] & ds[idx]) != 0, axis=-1)",
+     "return np.all((qs[:, None, :] & ds[idx]) == qs[:, None, :], axis=-1)",
+     "tests/test_metrics_retrieval.py::test_multilabel_map_with_ties_matches_numpy_and_sklearn"),
     ("metrics: P@H<=2 read at radius 1", "nsh_jax/metrics.py",
      '"p_at_h2": float(pr["precision"][min(2,', '"p_at_h2": float(pr["precision"][min(1,',
      "tests/test_paths.py::test_evaluate_codes_matches_brute_force"),
