@@ -39,9 +39,9 @@ DATASETS = {  # name -> config flags (the selection's three, then the held-out o
 }
 HELD_OUT = "printed-digits"
 RECIPES = {  # name -> overrides of configs/default.py
-    "900 steps (the default)": {},
+    "900 steps": {"train.steps": 900, "train.epochs": 0.0},
     "20 epochs": {"train.epochs": 20.0},
-    "40 epochs": {"train.epochs": 40.0},
+    "40 epochs (the default)": {},
     "40 epochs, lr 3e-3": {"train.epochs": 40.0, "train.learning_rate": 3e-3},
 }
 FONTS_LEFT_OUT = ("LastResortHE-Regular.ttf", "cmsy10.ttf")  # no digit glyphs

@@ -126,9 +126,10 @@ def get_config():
   config.loss.dominance_weights = False  # NHL dominance-aware weights (nested runs)
 
   config.train = ml_collections.ConfigDict()
+  # The training length, one of the two > 0 and the other 0: a number of steps, or of passes
+  # over the training images (steps = ceil(epochs * n / batch): a recipe that holds across
+  # dataset sizes).
   config.train.steps = 300
-  # > 0: train this many passes over the training images instead (steps = epochs * n / batch,
-  # rounded up): a recipe that holds across dataset sizes.
   config.train.epochs = 0.0
   config.train.batch_size = 64
   config.train.optimizer = "adamw"

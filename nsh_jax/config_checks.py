@@ -45,12 +45,12 @@ def _check_bits(bits) -> None:
     raise ConfigError(f"config.model.bit_list has repeated lengths: {list(bits)}")
 
 
-_POSITIVE = ("model.latent_dim", "train.steps", "train.batch_size", "train.learning_rate",
+_POSITIVE = ("model.latent_dim", "train.batch_size", "train.learning_rate",
              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
              "loss.temperature", "loss.sort_temperature", "dataset.image_size", "features.chunk")
 _NON_NEGATIVE = ("train.warmup_steps", "train.eval_every", "loss.quant_weight",
                  "loss.balance_weight", "loss.kl_weight", "loss.cubic_weight",
-                 "loss.bihalf_gamma", "eval.rerank", "train.epochs")
+                 "loss.bihalf_gamma", "eval.rerank", "train.steps", "train.epochs")
 _FRACTIONS = ("dataset.min_scale", "dataset.jitter_prob", "dataset.gray_prob", "dataset.flip")
 
 
@@ -61,6 +61,14 @@ def _check_ranges(config) -> None:
   for key in _NON_NEGATIVE:
     if _get(config, key) < 0:
       raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")
+  steps, epochs = config.train.steps, config.train.epochs
+  if steps > 0 and epochs > 0:
+    raise ConfigError(f"config.train.steps={steps} and config.train.epochs={epochs:g} both set the "
+                      f"training length; set one of them to 0 (e.g. --config.train.epochs=0 to "
+                      f"train {steps} steps)")
+  if steps <= 0 and epochs <= 0:
+    raise ConfigError("config.train.steps or config.train.epochs must be > 0 (a number of steps, "
+                      "or of passes over the training images)")
   for key in _FRACTIONS:
     if not 0 <= _get(config, key) <= 1:
       raise ConfigError(f"config.{key} must be in [0, 1]; got {_get(config, key)}")

@@ -217,13 +217,18 @@ def _summary(run: _Run, result: dict) -> None:
 
 
 def resolve_steps(config, n_train: int):
-  """``config`` with ``train.steps`` set from ``train.epochs`` when that is > 0:
-  ``ceil(epochs * n_train / batch_size)`` steps (the config itself is left alone)."""
+  """``config`` with its training length in steps: with ``train.steps = 0`` and
+  ``train.epochs > 0``, ``ceil(epochs * n_train / batch_size)`` steps; with ``train.steps > 0``
+  those steps and ``train.epochs = 0`` (so the record says what ran; the CLI rejects both set).
+  The config itself is left alone."""
   epochs = float(config.train.get("epochs", 0) or 0)
   if epochs <= 0:
     return config
   config = config.copy_and_resolve_references()
-  config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))
+  if config.train.steps > 0:
+    config.train.epochs = 0.0
+  else:
+    config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))
   return config
 
 

@@ -22,7 +22,8 @@ def run_main(args, env_extra=None, timeout=600):
 
 # No per-run pixel baselines or plots (~11 s of a ~27 s run): the tests of those turn them
 # back on with EVAL_EXTRAS.
-TINY = ["--config=configs/default.py", "--config.train.batch_size=16",
+TINY = ["--config=configs/default.py", "--config.train.epochs=0", "--config.train.steps=4",
+        "--config.train.batch_size=16",
         "--config.train.log_every=2", "--config.train.checkpoint_every=2",
         "--config.model.bit_list=(16,)", "--config.model.latent_dim=16", "--config.eval.top_k=100",
         "--config.eval.baselines=False", "--config.eval.plots=False"]
@@ -51,6 +52,7 @@ def tiny_config(steps: int = 4):
   c = default.get_config()
   c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 16, 2, 2
   c.model.bit_list, c.model.latent_dim, c.eval.top_k, c.train.steps = (16,), 16, 100, steps
+  c.train.epochs = 0.0
   c.eval.baselines = c.eval.plots = False
   return c
 

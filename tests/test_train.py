@@ -275,10 +275,28 @@ def test_epochs_set_the_steps_from_the_training_split():
   from configs import default
   from nsh_jax import config_checks, train
   c = default.get_config()
-  assert train.resolve_steps(c, 1000) is c  # epochs 0: steps as given
+  assert (c.train.steps, c.train.epochs) == (0, 40.0)  # the first run's length is in epochs
+  config_checks.validate(c)
   c.train.epochs, c.train.batch_size = 2.5, 64
   r = train.resolve_steps(c, 1000)
-  assert r.train.steps == 40 and c.train.steps == 900  # ceil(2.5 * 1000 / 64); c untouched
+  assert r.train.steps == 40 and c.train.steps == 0  # ceil(2.5 * 1000 / 64); c untouched
+  r = train.resolve_steps(c, 64 * 3)
+  assert r.train.steps == 8  # ceil(2.5 * 3): a partial pass still trains
+  c.train.steps, c.train.epochs = 7, 0.0
+  assert train.resolve_steps(c, 1000) is c  # epochs 0: steps as given
+  c.train.epochs = 2.5  # in-process callers that set steps get them, and the record says so
+  r = train.resolve_steps(c, 1000)
+  assert (r.train.steps, r.train.epochs) == (7, 0.0)
+  # On the command line both set is ambiguous, and neither is no length at all.
+  with pytest.raises(config_checks.ConfigError, match=r"train.steps=7 and config.train.epochs=2.5 "
+                     r"both set .*--config.train.epochs=0"):
+    config_checks.validate(c)
+  c.train.steps, c.train.epochs = 0, 0.0
+  with pytest.raises(config_checks.ConfigError, match="train.steps or config.train.epochs"):
+    config_checks.validate(c)
   c.train.epochs = -1.0
   with pytest.raises(config_checks.ConfigError, match="train.epochs"):
+    config_checks.validate(c)
+  c.train.steps, c.train.epochs = -3, 1.0
+  with pytest.raises(config_checks.ConfigError, match="train.steps must be >= 0"):
     config_checks.validate(c)
