@@ -1,6 +1,6 @@
 """The first run: scikit-learn's bundled digits, a small CNN trained from scratch,
 NSH with its instance terms, 16/32/64-bit codes (one nested head), ITQ on the
-learned hash layer, 40 epochs.  Needs no download; about 4 minutes on a 2-core CPU.
+learned hash layer, 40 epochs.  Needs no download; about 5 minutes on a 2-core CPU.
 
 ``--config=configs/default.py:PRESET`` picks the augmentation preset of
 ``base.AUGMENTATIONS``: ``digits`` (the default: crops, no flips, no colour
