@@ -211,6 +211,13 @@ MUTATIONS = [
      "  q = np.tanh(np.asarray(query_codes, np.float32))[:, :bits]",
      "  q = np.asarray(query_codes, np.float32)[:, :bits]",
      "tests/test_ranking.py::test_asymmetric_ranking_equals_brute_force"),
+    ("epochs rounded down", "nsh_jax/train.py",
+     "config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))",
+     "config.train.steps = max(1, int(epochs * n_train / int(config.train.batch_size)))",
+     "tests/test_train.py::test_epochs_set_the_steps_from_the_training_split"),
+    ("steps and epochs both accepted", "nsh_jax/config_checks.py",
+     "  if steps > 0 and epochs > 0:", "  if False:",
+     "tests/test_train.py::test_epochs_set_the_steps_from_the_training_split"),
     # Awkward inputs: an all-zero row, fewer training rows than bits.
     ("zero rows normalised through ||x||", "nsh_jax/codes.py",
      "xp.where(zero, xp.ones_like(x), x)", "x",
