@@ -27,6 +27,7 @@ from nsh_jax import encoder_input
 def _tiny_config(**model):
   c = default.get_config()
   c.train.batch_size = 16
+  c.train.steps, c.train.epochs = 900, 0.0  # a length in steps: no split to count epochs on
   c.train.warmup_steps = 1
   c.model.bit_list = (16,)
   c.model.latent_dim = 16

@@ -24,7 +24,7 @@ STEP_SCRIPT = textwrap.dedent("""
     from nsh_jax import encoder_input, state as state_lib, step as step_lib
     c = default.get_config()
     c.train.batch_size = 16; c.model.bit_list = (16,); c.model.latent_dim = 16
-    c.train.warmup_steps = 1
+    c.train.warmup_steps = 1; c.train.steps, c.train.epochs = 900, 0.0
     mesh = state_lib.make_mesh()
     state = state_lib.create_train_state(c, jax.random.PRNGKey(0), encoder_input.create(c))
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
