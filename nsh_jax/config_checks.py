@@ -54,14 +54,9 @@ _NON_NEGATIVE = ("train.warmup_steps", "train.eval_every", "loss.quant_weight",
 _FRACTIONS = ("dataset.min_scale", "dataset.jitter_prob", "dataset.gray_prob", "dataset.flip")
 
 
-def _check_ranges(config) -> None:
-  for key in _POSITIVE:
-    if not _get(config, key) > 0:
-      raise ConfigError(f"config.{key} must be > 0; got {_get(config, key)}")
-  for key in _NON_NEGATIVE:
-    if _get(config, key) < 0:
-      raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")
-  steps, epochs = config.train.steps, config.train.epochs
+def check_length(config) -> None:
+  """The training length is ``train.steps`` or ``train.epochs``: exactly one of them > 0."""
+  steps, epochs = config.train.steps, config.train.get("epochs", 0) or 0
   if steps > 0 and epochs > 0:
     raise ConfigError(f"config.train.steps={steps} and config.train.epochs={epochs:g} both set the "
                       f"training length; set one of them to 0 (e.g. --config.train.epochs=0 to "
@@ -69,6 +64,16 @@ def _check_ranges(config) -> None:
   if steps <= 0 and epochs <= 0:
     raise ConfigError("config.train.steps or config.train.epochs must be > 0 (a number of steps, "
                       "or of passes over the training images)")
+
+
+def _check_ranges(config) -> None:
+  for key in _POSITIVE:
+    if not _get(config, key) > 0:
+      raise ConfigError(f"config.{key} must be > 0; got {_get(config, key)}")
+  for key in _NON_NEGATIVE:
+    if _get(config, key) < 0:
+      raise ConfigError(f"config.{key} must be >= 0; got {_get(config, key)}")
+  check_length(config)
   for key in _FRACTIONS:
     if not 0 <= _get(config, key) <= 1:
       raise ConfigError(f"config.{key} must be in [0, 1]; got {_get(config, key)}")

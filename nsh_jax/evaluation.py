@@ -295,8 +295,8 @@ def baselines(config, splits: Splits, features: Optional[Features] = None, log=p
   return out
 
 
-_ADVICE = {"pixels": "longer training (train.epochs), the other augmentation preset, or a pretrained "
-                     "backbone (configs/cifar_prefix_pretrained.py)",
+_ADVICE = {"pixels": "longer training (train.epochs or train.steps), the other augmentation "
+                     "preset, or a pretrained backbone (configs/cifar_prefix_pretrained.py)",
            "features": "more steps, other learning rates or temperatures on validation "
                        "(benchmarks/pretrained_table.py), or these codes as they are"}
 

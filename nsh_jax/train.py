@@ -19,8 +19,8 @@ import jax
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nsh_jax import (checkpoints, distributed, encoder_input, evaluation, events, input_pipeline,
-                     optim, state as state_lib, step as step_lib)
+from nsh_jax import (checkpoints, config_checks, distributed, encoder_input, evaluation, events,
+                     input_pipeline, optim, state as state_lib, step as step_lib)
 from nsh_jax.errors import TrainingError
 from nsh_jax.files import code_version, format_duration, provenance, read_json, write_json
 
@@ -217,18 +217,15 @@ def _summary(run: _Run, result: dict) -> None:
 
 
 def resolve_steps(config, n_train: int):
-  """``config`` with its training length in steps: with ``train.steps = 0`` and
-  ``train.epochs > 0``, ``ceil(epochs * n_train / batch_size)`` steps; with ``train.steps > 0``
-  those steps and ``train.epochs = 0`` (so the record says what ran; the CLI rejects both set).
-  The config itself is left alone."""
+  """``config`` with its training length in steps: ``train.epochs > 0`` gives
+  ``ceil(epochs * n_train / batch_size)`` steps (the config itself is left alone).
+  Raises :class:`ConfigError` unless exactly one of ``train.steps`` and ``train.epochs`` is > 0."""
+  config_checks.check_length(config)
   epochs = float(config.train.get("epochs", 0) or 0)
   if epochs <= 0:
     return config
   config = config.copy_and_resolve_references()
-  if config.train.steps > 0:
-    config.train.epochs = 0.0
-  else:
-    config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))
+  config.train.steps = max(1, math.ceil(epochs * n_train / int(config.train.batch_size)))
   return config
 
 

@@ -284,13 +284,13 @@ def test_epochs_set_the_steps_from_the_training_split():
   assert r.train.steps == 8  # ceil(2.5 * 3): a partial pass still trains
   c.train.steps, c.train.epochs = 7, 0.0
   assert train.resolve_steps(c, 1000) is c  # epochs 0: steps as given
-  c.train.epochs = 2.5  # in-process callers that set steps get them, and the record says so
-  r = train.resolve_steps(c, 1000)
-  assert (r.train.steps, r.train.epochs) == (7, 0.0)
-  # On the command line both set is ambiguous, and neither is no length at all.
-  with pytest.raises(config_checks.ConfigError, match=r"train.steps=7 and config.train.epochs=2.5 "
-                     r"both set .*--config.train.epochs=0"):
-    config_checks.validate(c)
+  c.train.epochs = 2.5
+  # Both set is ambiguous, and neither is no length at all: the same error from the command
+  # line's checks and from the trainer.
+  for check in (config_checks.validate, lambda c: train.resolve_steps(c, 1000)):
+    with pytest.raises(config_checks.ConfigError, match=r"train.steps=7 and config.train.epochs="
+                       r"2.5 both set .*--config.train.epochs=0"):
+      check(c)
   c.train.steps, c.train.epochs = 0, 0.0
   with pytest.raises(config_checks.ConfigError, match="train.steps or config.train.epochs"):
     config_checks.validate(c)
