@@ -218,6 +218,15 @@ MUTATIONS = [
     ("steps and epochs both accepted", "nsh_jax/config_checks.py",
      "  if steps > 0 and epochs > 0:", "  if False:",
      "tests/test_train.py::test_epochs_set_the_steps_from_the_training_split"),
+    # The learning curve (#45).
+    ("a resumed run forgets its curve", "nsh_jax/train.py",
+     '    run.curve = [c for c in read_json(_curve_path(run.workdir), []) if c["step"] <= step]\n',
+     "",
+     "tests/test_cli.py::test_learning_curve_is_recorded_and_survives_a_resume"),
+    ("a re-evaluated step counted twice", "nsh_jax/train.py",
+     'run.curve = [c for c in run.curve if c["step"] != point["step"]] + [point]',
+     "run.curve = run.curve + [point]",
+     "tests/test_cli.py::test_learning_curve_is_recorded_and_survives_a_resume"),
     # Awkward inputs: an all-zero row, fewer training rows than bits.
     ("zero rows normalised through ||x||", "nsh_jax/codes.py",
      "xp.where(zero, xp.ones_like(x), x)", "x",

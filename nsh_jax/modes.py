@@ -113,10 +113,10 @@ def evaluate_mode(config, workdir, options):
 
 
 def _with_training_record(path: str, result: dict) -> dict:
-  """``result`` plus the ``history`` and ``train_seconds`` of the training run whose
+  """``result`` plus the ``history``, ``curve`` and ``train_seconds`` of the training run whose
   ``metrics.json`` at ``path`` it replaces (evaluation alone has neither)."""
   old = read_json(path, {})
-  return {**{k: old[k] for k in ("history", "train_seconds") if k in old}, **result}
+  return {**{k: old[k] for k in ("history", "curve", "train_seconds") if k in old}, **result}
 
 
 @MODES.register("encode")

@@ -39,6 +39,7 @@ class _Run:
   log: Callable
   last_good: Optional[int] = None
   history: list = dataclasses.field(default_factory=list)
+  curve: list = dataclasses.field(default_factory=list)
 
 
 def _summary_writer(workdir: str):
@@ -85,10 +86,23 @@ def _log_step(run: _Run, done: int, m: dict, rate: float) -> None:
     run.writer.flush()
 
 
-def _write_eval_events(run: _Run, result: dict, step: int) -> None:
+def _record_eval(run: _Run, result: dict, step: int) -> None:
+  """One point of the learning curve: mAP per length on the test queries (``map``) and,
+  where the protocol has them, on the validation queries (``validation``, what a choice of
+  steps may read); into ``run.curve``, ``curve.json`` (kept with the checkpoints, so that
+  a resumed run's curve is whole) and the TensorBoard events."""
+  point = {"step": int(step), "map": {str(b): r["map"] for b, r in result["by_bits"].items()}}
+  if "validation" in result:
+    point["validation"] = {str(b): r["map"] for b, r in result["validation"].items()}
+  run.curve = [c for c in run.curve if c["step"] != point["step"]] + [point]  # re-evaluated
+  if jax.process_index() == 0:
+    write_json(_curve_path(run.workdir), run.curve)
   if run.writer:
-    for b, r in result["by_bits"].items():
-      run.writer.scalar(f"eval/map_{b}bit", r["map"], step)
+    for b, v in point["map"].items():
+      run.writer.scalar(f"eval/map_{b}bit", v, step)
+    for b, v in point.get("validation", {}).items():
+      run.writer.scalar(f"eval/val_map_{b}bit", v, step)
+    run.writer.flush()
 
 
 def _restore(run: _Run, state):
@@ -101,11 +115,16 @@ def _restore(run: _Run, state):
   if step is not None:
     run.log(f"resumed from checkpoint {step} in {run.manager.directory}")
     run.history = [h for h in _read_history(run.workdir) if h["step"] <= step]
+    run.curve = [c for c in read_json(_curve_path(run.workdir), []) if c["step"] <= step]
   return state
 
 
 def _history_path(workdir: str) -> str:
   return os.path.join(workdir, "history.json")
+
+
+def _curve_path(workdir: str) -> str:
+  return os.path.join(workdir, "curve.json")
 
 
 def _read_history(workdir: str) -> list:
@@ -152,8 +171,8 @@ def _train_loop(run: _Run, state, encoder):
         checkpoints.save(run.manager, done, state)
         run.last_good = done
     if t.eval_every and done % t.eval_every == 0 and done < total:
-      _write_eval_events(run, evaluation.evaluate(config, state, run.inputs, run.mesh,
-                                                  log=run.log, encoder=encoder), done)
+      _record_eval(run, evaluation.evaluate(config, state, run.inputs, run.mesh,
+                                            log=run.log, encoder=encoder), done)
   return state
 
 
@@ -255,10 +274,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   result = evaluation.evaluate(config, state, inputs, run.mesh, workdir=workdir, log=log,
                                encoder=encoder, reference=True)
   result["train_seconds"] = train_seconds
+  _record_eval(run, result, int(config.train.steps))
   result["history"] = run.history
+  result["curve"] = run.curve
   result.update(provenance(config, splits))
   _summary(run, result)
-  _write_eval_events(run, result, int(config.train.steps))
   if run.writer:
     run.writer.close()
   if jax.process_index() == 0:

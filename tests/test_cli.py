@@ -301,8 +301,33 @@ def test_train_evaluate_encode_in_process(tmp_path):
   modes.MODES.get("evaluate")(c, wd, {})
   again = json.load(open(os.path.join(wd, "metrics.json")))
   assert again["by_bits"]["16"]["map"] == first["by_bits"]["16"]["map"]
-  assert again["history"] == first["history"]
+  assert again["history"] == first["history"] and again["curve"] == first["curve"]
   modes.MODES.get("encode")(c, wd, {"output": str(tmp_path / "db.npz")})
   np.testing.assert_array_equal(
       retrieval.load_index(str(tmp_path / "db.npz"))["codes"],
       retrieval.load_index(os.path.join(wd, "codes", "database_16bit.npz"))["codes"])
+
+
+def test_learning_curve_is_recorded_and_survives_a_resume(tmp_path):
+  """``eval_every``: a point per evaluation (test and validation mAP per length) in
+  ``curve.json``, ``metrics.json`` and the events; the last point is the final table's; a
+  run resumed from an earlier checkpoint keeps the points before it and re-measures the rest;
+  one finished and run again has each step once."""
+  import shutil
+  from nsh_jax import modes
+  c = tiny_config(steps=4)
+  c.train.eval_every = 2
+  wd = str(tmp_path / "run")
+  modes.MODES.get("train")(c, wd, {})
+  m = json.load(open(os.path.join(wd, "metrics.json")))
+  assert [p["step"] for p in m["curve"]] == [2, 4]
+  assert m["curve"][-1]["map"] == {b: r["map"] for b, r in m["by_bits"].items()}
+  assert m["curve"][-1]["validation"] == {b: r["map"] for b, r in m["validation"].items()}
+  assert json.load(open(os.path.join(wd, "curve.json"))) == m["curve"]
+  shutil.rmtree(os.path.join(wd, "checkpoints", "4"))  # the run now resumes at step 2
+  os.remove(os.path.join(wd, "metrics.json"))
+  modes.MODES.get("train")(c, wd, {})
+  again = json.load(open(os.path.join(wd, "metrics.json")))
+  assert again["curve"] == m["curve"]
+  modes.MODES.get("train")(c, wd, {})  # already finished: evaluated again, one point per step
+  assert json.load(open(os.path.join(wd, "metrics.json")))["curve"] == m["curve"]
