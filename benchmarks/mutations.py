@@ -227,6 +227,13 @@ MUTATIONS = [
      'run.curve = [c for c in run.curve if c["step"] != point["step"]] + [point]',
      "run.curve = run.curve + [point]",
      "tests/test_cli.py::test_learning_curve_is_recorded_and_survives_a_resume"),
+    ("queries left in the database they search", "nsh_jax/protocol.py",
+     "  keep[rows] = False\n", "",
+     "tests/test_ranking.py::test_memorisation_check_matches_a_per_query_reference"),
+    ("memorisation queries drawn from the validation rows", "nsh_jax/protocol.py",
+     "rng.choice(np.asarray(splits.train_rows), n, replace=False)",
+     "rng.choice(np.asarray(splits.val_rows), n, replace=False)",
+     "tests/test_ranking.py::test_memorisation_check_matches_a_per_query_reference"),
     # Awkward inputs: an all-zero row, fewer training rows than bits.
     ("zero rows normalised through ||x||", "nsh_jax/codes.py",
      "xp.where(zero, xp.ones_like(x), x)", "x",

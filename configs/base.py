@@ -160,6 +160,9 @@ def get_config():
   # The ceiling rows: the cosine ranking of the continuous frozen features and of the hash
   # layer (what codes made from them can reach), every depth, test and validation queries.
   config.eval.ceiling = True
+  # The memorisation check: mAP with training images as queries beside the validation
+  # queries' (where the training images are database rows, as in the paper protocol).
+  config.eval.memorisation = True
   # Asymmetric re-ranking reported beside the Hamming ranking: each query's Hamming top-R
   # re-ordered by its real-valued code against the database bits (0: off).
   config.eval.rerank = 1000

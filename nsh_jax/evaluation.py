@@ -151,6 +151,29 @@ def _score(config, splits: Splits, codes: dict, log) -> dict:
   return result
 
 
+def memorisation(config, splits: Splits, codes: dict, validation: dict, log=print):
+  """The memorisation check: mAP@top_k of each length's codes with training images as
+  queries (:func:`protocol.training_query_rows`, against the database without them) beside
+  the validation queries' (``validation``: ``{bits: mAP}``).  A model that memorised its
+  training images ranks them far better than images it never saw; a gap near 0 says what it
+  learned carries over.  ``{bits: {'training', 'validation', 'gap'}}``, or ``None`` where the
+  protocol has no training rows in the database or no validation queries."""
+  rows = protocol.training_query_rows(splits, config.seed)
+  if rows is None:
+    return None
+  tl, dl = protocol.query_view(rows, splits.db_labels)
+  keys = None if splits.db_keys is None else protocol.query_view(rows, splits.db_keys)[1]
+  out = {}
+  for b, (_, dc) in codes.items():
+    tq, td = protocol.query_view(rows, dc)
+    train = metrics.mean_average_precision(tq, td, tl, dl, config.eval.top_k or None, keys)
+    out[b] = {"training": train, "validation": validation[b], "gap": train - validation[b]}
+    log(f"memorisation: mAP@{config.eval.top_k or 'all'} {b}-bit with {len(rows):,} training "
+        f"images as queries {train:.4f}, validation queries {validation[b]:.4f} "
+        f"(gap {train - validation[b]:+.4f})")
+  return out
+
+
 def _depths(config) -> tuple:
   """The depths every ceiling row is reported at: ``eval.depths`` (0: the whole database)
   and ``eval.top_k``."""
@@ -211,6 +234,11 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
     if "validation" in result:
       result["baselines_validation"] = {k: {b: r["validation"] for b, r in by.items()}
                                         for k, by in curves.items()}
+  if reference and "validation" in result and config.eval.get("memorisation", True):
+    check = memorisation(config, splits, codes,
+                         {b: r["map"] for b, r in result["validation"].items()}, log)
+    if check is not None:
+      result["memorisation"] = check
   if reference and config.eval.get("ceiling", True):
     trained = None
     if inputs.trains_backbone:  # its own features: how far the representation moved

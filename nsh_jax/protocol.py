@@ -38,7 +38,8 @@ import numpy as np
 
 from nsh_jax.errors import DataError
 
-__all__ = ["Splits", "PROTOCOLS", "make_splits", "balanced_pick", "validation_view"]
+__all__ = ["Splits", "PROTOCOLS", "make_splits", "balanced_pick", "query_view", "validation_view",
+           "training_query_rows"]
 
 PROTOCOLS = ("standard", "paper")
 
@@ -207,11 +208,28 @@ def make_splits(ds, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray
                 val_rows, tuple(db_n) if db_n is not None else None, keys)
 
 
+def query_view(rows: np.ndarray, db_values: np.ndarray):
+  """``(db_values[rows], db_values without those rows)``: database rows taken out as queries,
+  so that no query retrieves itself."""
+  keep = np.ones(len(db_values), bool)
+  keep[rows] = False
+  return db_values[rows], db_values[keep]
+
+
 def validation_view(splits: Splits, db_values: np.ndarray):
   """``(validation queries, database without them)`` rows of ``db_values`` (codes,
   embeddings or labels of the database), or ``None`` without validation queries."""
   if splits.val_rows is None:
     return None
-  keep = np.ones(len(db_values), bool)
-  keep[splits.val_rows] = False
-  return db_values[splits.val_rows], db_values[keep]
+  return query_view(splits.val_rows, db_values)
+
+
+def training_query_rows(splits: Splits, seed: int) -> Optional[np.ndarray]:
+  """Database rows of as many training images as there are validation queries (all of them,
+  if fewer), drawn with ``seed``: the memorisation check's queries.  ``None`` where the
+  training images are not database rows or there are no validation queries to compare with."""
+  if splits.train_rows is None or splits.val_rows is None or not len(splits.train_rows):
+    return None
+  n = min(len(splits.val_rows), len(splits.train_rows))
+  rng = np.random.default_rng([int(seed), 0x3E3])
+  return np.sort(rng.choice(np.asarray(splits.train_rows), n, replace=False))

@@ -224,6 +224,9 @@ def _summary(run: _Run, result: dict) -> None:
   if ceiling:
     rows.append(("hash layer, cosine", {b: ceiling[f"hash layer {b}"]["map_at"][k]
                                         for b in lengths}))
+  if "memorisation" in result:  # the same codes, training images as queries
+    rows.append(("model, training queries", {b: result["memorisation"][b]["training"]
+                                             for b in lengths}))
   rows.append(("model P@H<=2", {b: by[b]["p_at_h2"] for b in lengths}))
   for name, values in rows:
     run.log(name.ljust(23) + "".join(f"{values[b]:9.4f}" for b in lengths))

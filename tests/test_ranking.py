@@ -166,3 +166,35 @@ def test_photo_index_search_ranks_equal_distances_by_the_keys(tmp_path):
   assert [h["distance"] for h in hits] == [0] * 12
   keys = dict(zip(names, image_index.tie_keys(names)))
   assert [h["file"] for h in hits] == sorted(names, key=keys.get) != names
+
+
+def test_memorisation_check_matches_a_per_query_reference():
+  """Training images as queries, each against the database without the drawn queries (none
+  retrieves itself), ties by the protocol's keys: equal to the per-query loop; a model that
+  memorised (its training rows' codes apart from everything else's) shows a gap; no check
+  without validation queries."""
+  from test_metrics_retrieval import ref_ap
+  ds = base.get_config().dataset
+  rng = np.random.default_rng(5)
+  n = 400
+  y = np.repeat(np.arange(4), n // 4)
+  images = rng.integers(0, 255, (n, 2, 2, 3)).astype(np.uint8)
+  s = protocol.make_splits(ds, (images, y), (images[:10], y[:10]), 4)
+  c = base.get_config()
+  c.eval.top_k = 50
+  rows = protocol.training_query_rows(s, c.seed)
+  assert len(rows) == len(s.val_rows) == 40 and set(rows) <= set(s.train_rows)
+  keep = np.setdiff1d(np.arange(n), rows)
+  db = rng.normal(size=(n, 8))
+  out = evaluation.memorisation(c, s, {8: (None, db)}, {8: 0.25}, log=lambda *a: None)
+  want = ref_ap(db[rows], db[keep], s.db_labels[rows], s.db_labels[keep], 50, s.db_keys[keep])
+  assert out[8]["training"] == pytest.approx(want, abs=1e-6)
+  assert out[8]["gap"] == pytest.approx(want - 0.25, abs=1e-6)
+  # Memorised: every training image's code is its class pattern, the rest are noise.
+  patterns = np.sign(rng.normal(size=(4, 8)))
+  db[s.train_rows] = patterns[s.db_labels[s.train_rows]]
+  memorised = evaluation.memorisation(c, s, {8: (None, db)}, {8: 0.25}, log=lambda *a: None)
+  assert memorised[8]["training"] == pytest.approx(1.0) and memorised[8]["gap"] > 0.7
+  ds.val_queries_per_class = ds.val_queries = 0
+  assert evaluation.memorisation(c, protocol.make_splits(ds, (images, y), (images[:10], y[:10]),
+                                                         4), {8: (None, db)}, {8: 0.25}) is None
