@@ -135,6 +135,13 @@ def main():
     rows = {"model": [{b: m["by_bits"][str(b)]["map"] for b in BITS} for m in ms]}
     for base in ("itq-pixels", "lsh-pixels"):
       rows[base] = [{b: m["baselines"][base][str(b)] for b in BITS} for m in ms]
+    # The ceiling: the continuous hash layer's own cosine ranking (what its codes compress).
+    rows["hash layer, cosine (ceiling)"] = [
+        {b: m["ceiling"][f"hash layer {b}"]["map_at"][str(m["top_k"] or "all")] for b in BITS}
+        for m in ms]
+    if all("memorisation" in m for m in ms):  # the model's codes, training images as queries
+      rows["model, training queries"] = [
+          {b: m["memorisation"][str(b)]["training"] for b in BITS} for m in ms]
     for name, per_seed in rows.items():
       lines.append(f"| {dataset} | {name} | "
                    + " | ".join(_cell([r[b] for r in per_seed]) for b in BITS) + " |")
