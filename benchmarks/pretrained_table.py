@@ -184,7 +184,7 @@ def report(args, table, version, rows, profiles, selection, done: bool) -> str:
   if "nsh" in rows:
     lines += ["", "Paired per-seed differences (NSH - other), per length:"]
     for name in [n for n in rows if n != "nsh" and "ITQ on its layer" not in n
-                 and "re-ranked" not in n]:
+                 and "re-ranked" not in n and "training queries" not in n]:
       diffs = {b: [a[b] - c[b] for a, c in zip(rows["nsh"], rows[name])] for b in bits}
       lines.append(f"- vs {name}: " + "; ".join(
           f"{b} bits " + " ".join(f"{d:+.4f}" for d in diffs[b]) for b in bits))
@@ -246,6 +246,9 @@ def _method(args, table, version, method, rows, profiles, selection):
         for m, _ in done]
   rows[f"{method}: hash layer, cosine (ceiling)"] = [
       {b: m["ceiling"][f"hash layer {b}"]["map_at"][table.top] for b in bits} for m, _ in done]
+  if all("memorisation" in m for m, _ in done):  # its codes, training images as queries
+    rows[f"{method}, training queries"] = [
+        {b: m["memorisation"][str(b)]["training"] for b in bits} for m, _ in done]
   profiles[method] = [{b: table.profile(m["by_bits"][str(b)]) for b in bits} for m, _ in done]
 
 
