@@ -234,6 +234,10 @@ MUTATIONS = [
      "rng.choice(np.asarray(splits.train_rows), n, replace=False)",
      "rng.choice(np.asarray(splits.val_rows), n, replace=False)",
      "tests/test_ranking.py::test_memorisation_check_matches_a_per_query_reference"),
+    ("the trained backbone's reference codes made from the frozen features", "nsh_jax/evaluation.py",
+     '    sources["trained backbone"] = (trained.train, trained.query, trained.database)',
+     '    sources["trained backbone"] = (features.train, features.query, features.database)',
+     "tests/test_ranking.py::test_reference_codes_of_a_trained_backbone_are_itq_and_lsh_of_its_own_features"),
     # Awkward inputs: an all-zero row, fewer training rows than bits.
     ("zero rows normalised through ||x||", "nsh_jax/codes.py",
      "xp.where(zero, xp.ones_like(x), x)", "x",

@@ -228,8 +228,13 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
   result = _score(config, splits, codes, log)
   curves = {}
   features = inputs.frozen_features() if reference else None
+  trained = None
+  if reference and inputs.trains_backbone and (config.eval.get("baselines", True)
+                                               or config.eval.get("ceiling", True)):
+    own = Encoder(inputs, mesh, output="features")  # how far the representation moved
+    trained = Features(*(own(state, inputs.split(w)) for w in ("train", "query", "database")))
   if reference and config.eval.get("baselines", True):
-    curves = baselines(config, splits, features, log)
+    curves = baselines(config, splits, features, log, trained)
     result["baselines"] = {k: {b: r["map"] for b, r in by.items()} for k, by in curves.items()}
     if "validation" in result:
       result["baselines_validation"] = {k: {b: r["validation"] for b, r in by.items()}
@@ -240,11 +245,8 @@ def evaluate(config, state, inputs: EncoderInput, mesh, workdir: Optional[str] =
     if check is not None:
       result["memorisation"] = check
   if reference and config.eval.get("ceiling", True):
-    trained = None
-    if inputs.trains_backbone:  # its own features: how far the representation moved
-      own = Encoder(inputs, mesh, output="features")
-      trained = tuple(own(state, inputs.split(w)) for w in ("query", "database"))
-    result["ceiling"] = ceilings(config, splits, emb, features, log, trained)
+    result["ceiling"] = ceilings(config, splits, emb, features, log,
+                                 None if trained is None else (trained.query, trained.database))
   if workdir:
     _write(config, workdir, result, emb, codes, quantizers, splits, curves, log)
   return result
@@ -288,17 +290,22 @@ def _pixels(images: np.ndarray) -> np.ndarray:
   return np.asarray(images, np.float32).reshape(images.shape[0], -1) / 255.0
 
 
-def baselines(config, splits: Splits, features: Optional[Features] = None, log=print) -> dict:
+def baselines(config, splits: Splits, features: Optional[Features] = None, log=print,
+              trained: Optional[Features] = None) -> dict:
   """``{'<quantizer>-<source>': {bits: metrics.evaluate_codes(...)}}`` for ITQ and LSH
   fitted on the training split of raw pixels (``'pixels'``: flattened, scaled to [0, 1], at
   most ``PIXELS x PIXELS``) and, when a frozen backbone's clean ``features`` are given, on those
-  (``'features'``); each report has ``'validation'`` (its mAP@k on the validation
+  (``'features'``), and on ``trained``, the clean features of a backbone that trained
+  (``'trained backbone'``: whether the model's own head makes better codes of its
+  representation than post-hoc ITQ does); each report has ``'validation'`` (its mAP@k on the validation
   queries) where the protocol has them.  Logs ``<name> mAP@<k> <bits>-bit: <value>``.
   """
   top_k = config.eval.top_k or None
   sources = {}
   if features is not None:
     sources["features"] = (features.train, features.query, features.database)
+  if trained is not None:
+    sources["trained backbone"] = (trained.train, trained.query, trained.database)
   sources["pixels"] = (_pixels(splits.train_images), _pixels(splits.query_images),
                        _pixels(splits.db_images))
   val_labels = protocol.validation_view(splits, splits.db_labels)
@@ -326,7 +333,9 @@ def baselines(config, splits: Splits, features: Optional[Features] = None, log=p
 _ADVICE = {"pixels": "longer training (train.epochs or train.steps), the other augmentation "
                      "preset, or a pretrained backbone (configs/cifar_prefix_pretrained.py)",
            "features": "more steps, other learning rates or temperatures on validation "
-                       "(benchmarks/pretrained_table.py), or these codes as they are"}
+                       "(benchmarks/pretrained_table.py), or these codes as they are",
+           "trained backbone": "a wider or longer-trained head on the backbone it trained, or "
+                               "these codes (its backbone's features, quantized by ITQ)"}
 
 
 def verdict(config, result: dict) -> list:

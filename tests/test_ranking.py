@@ -198,3 +198,34 @@ def test_memorisation_check_matches_a_per_query_reference():
   ds.val_queries_per_class = ds.val_queries = 0
   assert evaluation.memorisation(c, protocol.make_splits(ds, (images, y), (images[:10], y[:10]),
                                                          4), {8: (None, db)}, {8: 0.25}) is None
+
+
+def test_reference_codes_of_a_trained_backbone_are_itq_and_lsh_of_its_own_features():
+  """``baselines(..., trained=F)``: ITQ/LSH fitted on the trained backbone's training-split
+  features, scored like every row (ties by the protocol's keys), beside the frozen features';
+  the same arrays under both names give the same numbers."""
+  from test_metrics_retrieval import ref_ap
+  from nsh_jax import householder
+  from nsh_jax.encoder_input import Features
+  ds = base.get_config().dataset
+  rng = np.random.default_rng(7)
+  n, q = 300, 20
+  y = np.repeat(np.arange(3), n // 3)
+  images = rng.integers(0, 255, (n, 2, 2, 3)).astype(np.uint8)
+  s = protocol.make_splits(ds, (images, y), (images[:q], y[:q]), 3)
+  c = base.get_config()
+  c.model.bit_list, c.eval.top_k = (8,), 30
+  centers = rng.normal(size=(3, 12))
+  make = lambda labels, noise: centers[labels] + noise * rng.normal(size=(len(labels), 12))
+  frozen = Features(make(s.train_labels, 3.0), make(s.query_labels, 3.0), make(s.db_labels, 3.0))
+  trained = Features(make(s.train_labels, 0.5), make(s.query_labels, 0.5), make(s.db_labels, 0.5))
+  out = evaluation.baselines(c, s, frozen, log=lambda *a: None, trained=trained)
+  assert {"itq-features", "itq-trained backbone", "lsh-trained backbone"} <= set(out)
+  fit = householder.fit("itq", trained.train, bits=8, seed=c.seed)
+  want = ref_ap(householder.apply(fit, trained.query), householder.apply(fit, trained.database),
+                s.query_labels, s.db_labels, 30, s.db_keys)
+  assert out["itq-trained backbone"][8]["map"] == pytest.approx(want, abs=1e-6)
+  assert out["itq-trained backbone"][8]["map"] > out["itq-features"][8]["map"]  # less noise
+  same = evaluation.baselines(c, s, frozen, log=lambda *a: None, trained=frozen)
+  assert same["itq-trained backbone"][8]["map"] == same["itq-features"][8]["map"]
+  assert same["itq-trained backbone"][8]["validation"] == same["itq-features"][8]["validation"]

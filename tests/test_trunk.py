@@ -127,6 +127,8 @@ def test_trunk_run_end_to_end_and_its_photo_index_equals_its_database_codes(tmp_
   assert "features, cosine" in table and "trained backbone, cosine" in table
   m = json.load(open(wd / "metrics.json"))
   assert {"features", "trained backbone", "hash layer 16"} <= set(m["ceiling"])
+  assert {"itq-features", "itq-trained backbone"} <= set(m["baselines"])
+  assert "itq-trained backbone" in table
   # the photo index: the images through the frozen trunk and the trained top
   from PIL import Image
   from nsh_jax import input_pipeline, modes, retrieval
