@@ -16,11 +16,13 @@ validation queries (docs/results/paper_table.md).  ``vgg16``: the paper's frozen
 
 A backbone that trains: ``lite2_top`` trains Lite2's last 2 blocks and head (at a tenth of the
 learning rate) on cached activations of its frozen trunk (``model.input='trunk'``: affordable on
-a CPU, ~1 h per 1,000 steps on 2 cores); ``lite2_finetune`` computes the same from pixels in
+a CPU; with ``model.train_blocks=1``, 0.6 steps/s on 2 cores, two blocks cost ~2.6x that,
+BENCHMARKS.md); ``lite2_finetune`` computes the same from pixels in
 every step, with fresh augmented views at Lite2's own 260 px (``model.input='images'``): the
 accelerator's recipe (~600 GFLOP a step at batch 256: minutes per 1,000 steps on one modern
-GPU, hours on 2 CPU cores).  Neither is measured yet: docs/results/paper_table.md has the
-frozen recipe and the ceiling of its features.
+GPU, hours on 2 CPU cores).  First measurement, one seed, the last block trained:
+docs/results/trainable_top.md; docs/results/paper_table.md has the frozen recipe and the
+ceiling of its features.
 """
 
 from configs import base, common
