@@ -13,8 +13,8 @@ import json
 import os
 
 
-def rows(workdir: str, split: str) -> list:
-  """``[(step, {bits: mAP})]`` of one run, in step order."""
+def rows(workdir: str, split: str) -> tuple:
+  """``([(step, {bits: mAP})] in step order, the run's metrics.json)`` of one run."""
   m = json.load(open(os.path.join(workdir, "metrics.json")))
   key = "validation" if split == "validation" else "map"
   return [(p["step"], {int(b): v for b, v in p.get(key, {}).items()})
