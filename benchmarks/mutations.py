@@ -196,6 +196,14 @@ MUTATIONS = [
      "feature_cache.clean_features(self.config, self.variables, self.stop)(images)",
      "feature_cache.clean_features(self.config, self.variables)(images)",
      "tests/test_trunk.py::test_trunk_run_end_to_end_and_its_photo_index_equals_its_database_codes"),
+    ("a resumed trunk run restarts the batch order", "nsh_jax/train.py",
+     "t.batch_size, config.seed, start", "t.batch_size, config.seed, 0",
+     "tests/test_trunk.py::test_a_killed_trunk_run_resumes_to_the_uninterrupted_runs_params"),
+    ("a resumed trunk run restarts its optimizer", "nsh_jax/train.py",
+     "  run.last_good = step\n",
+     "  run.last_good = step\n  state = state.replace(opt_state=jax.tree.map(lambda a: a * 0, "
+     "state.opt_state))\n",
+     "tests/test_trunk.py::test_a_killed_trunk_run_resumes_to_the_uninterrupted_runs_params"),
     # Ranking past the ties (#44).
     ("search ignores the tie keys", "nsh_jax/retrieval.py",
      "  order = _key_order(tie_keys, dw.shape[0])", "  order = None",
