@@ -4,6 +4,7 @@ ceilings, learning curves, memorisation and cost.
 
   python benchmarks/trainable_table.py --workdir runs/trainable_table --seeds 0 1 2 \\
       [--lanes 2] [--out runs/trainable_table.md]
+  python benchmarks/trainable_table.py --workdir runs/trainable_table --seeds 0 1 --report  # so far
 
 1. **What trains** (every method alike): ``configs/cifar.py:lite2_top`` with
    ``model.train_blocks=1`` (Lite2's last block and head conv on the cached trunk, frozen
@@ -196,7 +197,7 @@ def report(args, done: dict, kept: dict, scores: dict, bits, top) -> str:
                  f"{'-' if rss is None else f'{rss:.1f}'} | {m.get('train_seconds', 0):.0f} | "
                  f"{m.get('code_version', {}).get('commit', '?')[:7]} |")
   lines += ["", "Selection (validation mAP, mean over lengths, seed 0):"]
-  for method, tried in scores.items():
+  for method, tried in [(m, t) for m, t in scores.items() if t]:
     lines.append(f"- {method}: " + "; ".join(f"backbone_lr {lr:g} val {v:.4f}" for lr, v in tried)
                  + (f" -> kept {kept[method]:g}" if method in kept else ""))
   return "\n".join(lines)
@@ -209,6 +210,8 @@ def main():
   p.add_argument("--lanes", type=int, default=1, help="trainings at a time, one core each")
   p.add_argument("--only", nargs="*", help="run only these methods")
   p.add_argument("--out", help="also write the report (markdown) here")
+  p.add_argument("--report", action="store_true",
+                 help="train nothing: report the finished runs of --seeds (a table in progress)")
   p.add_argument("--views", type=int, help=argparse.SUPPRESS)  # internal: build one seed's views
   args = p.parse_args()
   os.chdir(runs.ROOT)
@@ -219,6 +222,16 @@ def main():
   c = runs.load_config(CONFIG)
   bits = tuple(sorted(int(b) for b in c.model.bit_list))
   top = str(c.eval.top_k or "all")
+
+  if args.report:
+    jobs = [(m, s, lr) for m in methods for s in args.seeds for lr in BACKBONE_LR]
+    done = {j: json.load(open(os.path.join(args.workdir, name(*j), "metrics.json"))) for j in jobs
+            if os.path.exists(os.path.join(args.workdir, name(*j), "metrics.json"))}
+    scores = {m: [(lr, _val(done[(m, args.seeds[0], lr)])) for lr in BACKBONE_LR
+                  if (m, args.seeds[0], lr) in done] for m in methods}
+    kept = {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items() if len(t) == len(BACKBONE_LR)}
+    print(report(args, done, kept, scores, bits, top))
+    return
 
   def views(seed):
     if subprocess.run([sys.executable, __file__, "--views", str(seed)], cwd=runs.ROOT).returncode:
