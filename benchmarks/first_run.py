@@ -149,9 +149,7 @@ def main():
         f"{margins(m, False)[b]:+.4f}" for m in ms) for b in BITS))
   lines += ["", "Model minus ITQ on pixels, per seed (test):"] + diffs
   text = "\n".join(lines)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+  runs.write_report(text, args.out)
   print(text)
 
 

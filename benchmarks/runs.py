@@ -59,6 +59,13 @@ def run(workdir: str, name: str, args: list, version: dict, modes=(), log=True):
   return json.load(open(path)), {m: json.load(open(p)) for m, p in extra.items()}
 
 
+def write_report(text: str, out) -> None:
+  """Writes a benchmark's markdown report to ``out`` (``--out``), when one is given."""
+  if out:
+    with open(out, "w") as f:
+      f.write(text + "\n")
+
+
 def load_config(path: str):
   """The config of ``configs/x.py`` (or ``configs/x.py:variant``), as ``main.py --config=``
   reads it."""

@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import runs  # noqa: E402
+from benchmarks.pretrained_table import _cell, _val_score  # noqa: E402  (one cell format, one score)
 
 CONFIG = "configs/cifar.py:lite2_top"
 TRAINABLE = {"model.train_blocks": 1, "train.steps": 600, "train.eval_every": 200}
@@ -119,12 +120,8 @@ def _pool(workdir, jobs, lanes):
 
 
 def _val(m) -> float:
-  return float(np.mean([r["map"] for r in m["validation"].values()]))
-
-
-def _cell(values) -> str:
-  v = np.asarray(values, float)
-  return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+  """Mean validation mAP over the run's lengths (the selection's score)."""
+  return _val_score(m, sorted(int(b) for b in m["validation"]))
 
 
 def _cost(workdir: str, run: str) -> tuple:
@@ -188,7 +185,8 @@ def report(args, done: dict, kept: dict, scores: dict, bits, top) -> str:
       lines.append(f"| {method} | {step} | " + " | ".join(
           f"{np.mean([p['validation'][str(b)] for p in pts]):.4f}" for b in bits) + " |")
   lines += ["", "Runs: validation mAP (mean over lengths), steps/s (median of the log's), peak "
-            "RSS, training time with its evaluations, commit:", "",
+            "RSS (`/usr/bin/time -v`, maximum resident set size), training time with its "
+            "evaluations, commit:", "",
             "| run | val | steps/s | peak RSS (GiB) | train (s) | commit |", "|---|---|---|---|---|---|"]
   for (method, s, lr), m in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
     rate, rss = _cost(args.workdir, name(method, s, lr))
@@ -247,9 +245,7 @@ def main():
   done.update(_pool(args.workdir, [(m, s, kept[m]) for s in args.seeds[1:] for m in methods],
                     args.lanes))
   text = report(args, done, kept, scores, bits, top)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+  runs.write_report(text, args.out)
   print(text)
 
 

@@ -117,9 +117,7 @@ def main():
       lines += _row(table, n, per_seed, results["config"])
     lines += ["", "Overrides: " + "; ".join(f"{n}: {json.dumps(SWEEP[n])}" for n in results)]
     text = "\n".join(lines)
-    if args.out:
-      with open(args.out, "w") as f:
-        f.write(text + "\n")
+    runs.write_report(text, args.out)
   print(text)
 
 
