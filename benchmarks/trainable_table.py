@@ -47,7 +47,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import runs  # noqa: E402
-from benchmarks.pretrained_table import _cell, _val_score  # noqa: E402  (one cell format, one score)
+# One cell format and one selection score for both tables.
+from benchmarks.pretrained_table import _cell, _val_score  # noqa: E402
 
 CONFIG = "configs/cifar.py:lite2_top"
 TRAINABLE = {"model.train_blocks": 1, "train.steps": 600, "train.eval_every": 200}
@@ -187,7 +188,8 @@ def report(args, done: dict, kept: dict, scores: dict, bits, top) -> str:
   lines += ["", "Runs: validation mAP (mean over lengths), steps/s (median of the log's), peak "
             "RSS (`/usr/bin/time -v`, maximum resident set size), training time with its "
             "evaluations, commit:", "",
-            "| run | val | steps/s | peak RSS (GiB) | train (s) | commit |", "|---|---|---|---|---|---|"]
+            "| run | val | steps/s | peak RSS (GiB) | train (s) | commit |",
+            "|---|---|---|---|---|---|"]
   for (method, s, lr), m in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
     rate, rss = _cost(args.workdir, name(method, s, lr))
     lines.append(f"| {name(method, s, lr)} | {_val(m):.4f} | "
@@ -227,7 +229,8 @@ def main():
             if os.path.exists(os.path.join(args.workdir, name(*j), "metrics.json"))}
     scores = {m: [(lr, _val(done[(m, args.seeds[0], lr)])) for lr in BACKBONE_LR
                   if (m, args.seeds[0], lr) in done] for m in methods}
-    kept = {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items() if len(t) == len(BACKBONE_LR)}
+    kept = {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items()
+            if len(t) == len(BACKBONE_LR)}
     print(report(args, done, kept, scores, bits, top))
     return
 
