@@ -5,6 +5,8 @@ ceilings, learning curves, memorisation and cost.
   python benchmarks/trainable_table.py --workdir runs/trainable_table --seeds 0 1 2 \\
       [--lanes 2] [--out runs/trainable_table.md]
   python benchmarks/trainable_table.py --workdir runs/trainable_table --seeds 0 1 --report  # so far
+  python benchmarks/trainable_table.py --workdir runs/more --seeds 3 --kept nsh=0.1 nsh-no-sort=1 \
+      cibhash=1  # more seeds of a selection made earlier
 
 1. **What trains** (every method alike): ``configs/cifar.py:lite2_top`` with
    ``model.train_blocks=1`` (Lite2's last block and head conv on the cached trunk, frozen
@@ -200,6 +202,9 @@ def report(args, done: dict, kept: dict, scores: dict, bits, top) -> str:
   for method, tried in [(m, t) for m, t in scores.items() if t]:
     lines.append(f"- {method}: " + "; ".join(f"backbone_lr {lr:g} val {v:.4f}" for lr, v in tried)
                  + (f" -> kept {kept[method]:g}" if method in kept else ""))
+  if not any(scores.values()):
+    lines.append("- made earlier, given here (--kept): " + ", ".join(
+        f"{m} backbone_lr {lr:g}" for m, lr in kept.items()))
   return "\n".join(lines)
 
 
@@ -212,6 +217,9 @@ def main():
   p.add_argument("--out", help="also write the report (markdown) here")
   p.add_argument("--report", action="store_true",
                  help="train nothing: report the finished runs of --seeds (a table in progress)")
+  p.add_argument("--kept", nargs="+", metavar="METHOD=LR",
+                 help="skip the selection: each method's backbone_lr kept by an earlier one (its "
+                      "record), e.g. nsh=0.1 nsh-no-sort=1 cibhash=1; trains --seeds only")
   p.add_argument("--views", type=int, help=argparse.SUPPRESS)  # internal: build one seed's views
   args = p.parse_args()
   os.chdir(runs.ROOT)
@@ -223,14 +231,22 @@ def main():
   bits = tuple(sorted(int(b) for b in c.model.bit_list))
   top = str(c.eval.top_k or "all")
 
+  given = {}
+  for item in args.kept or []:
+    method, _, lr = item.partition("=")
+    if method not in METHODS or not lr:
+      sys.exit(f"--kept {item!r}: want METHOD=LR with METHOD one of {list(METHODS)}")
+    given[method] = float(lr)
+  methods = [m for m in methods if not given or m in given]
+
   if args.report:
     jobs = [(m, s, lr) for m in methods for s in args.seeds for lr in BACKBONE_LR]
     done = {j: json.load(open(os.path.join(args.workdir, name(*j), "metrics.json"))) for j in jobs
             if os.path.exists(os.path.join(args.workdir, name(*j), "metrics.json"))}
     scores = {m: [(lr, _val(done[(m, args.seeds[0], lr)])) for lr in BACKBONE_LR
                   if (m, args.seeds[0], lr) in done] for m in methods}
-    kept = {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items()
-            if len(t) == len(BACKBONE_LR)}
+    kept = given or {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items()
+                     if len(t) == len(BACKBONE_LR)}
     print(report(args, done, kept, scores, bits, top))
     return
 
@@ -239,14 +255,18 @@ def main():
       sys.exit(f"building the cached views of seed {seed} failed")
 
   first = args.seeds[0]
-  views(first)
-  done = _pool(args.workdir, [(m, first, lr) for m in methods for lr in BACKBONE_LR], args.lanes)
-  scores = {m: [(lr, _val(done[(m, first, lr)])) for lr in BACKBONE_LR] for m in methods}
-  kept = {m: max(scores[m], key=lambda t: t[1])[0] for m in methods}
-  for s in args.seeds[1:]:
+  if given:  # the selection was made before: every seed listed is a seed of the table
+    done, scores, kept, rest = {}, {m: [] for m in methods}, given, args.seeds
+  else:
+    views(first)
+    done = _pool(args.workdir, [(m, first, lr) for m in methods for lr in BACKBONE_LR],
+                 args.lanes)
+    scores = {m: [(lr, _val(done[(m, first, lr)])) for lr in BACKBONE_LR] for m in methods}
+    kept = {m: max(scores[m], key=lambda t: t[1])[0] for m in methods}
+    rest = args.seeds[1:]
+  for s in rest:
     views(s)
-  done.update(_pool(args.workdir, [(m, s, kept[m]) for s in args.seeds[1:] for m in methods],
-                    args.lanes))
+  done.update(_pool(args.workdir, [(m, s, kept[m]) for s in rest for m in methods], args.lanes))
   text = report(args, done, kept, scores, bits, top)
   runs.write_report(text, args.out)
   print(text)
