@@ -66,6 +66,17 @@ def write_report(text: str, out) -> None:
       f.write(text + "\n")
 
 
+def override(config, overrides: dict):
+  """``config`` with ``overrides`` (``{'a.b': value}``, as ``--config.a.b=value``) set in place."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def load_config(path: str):
   """The config of ``configs/x.py`` (or ``configs/x.py:variant``), as ``main.py --config=``
   reads it."""

@@ -102,13 +102,7 @@ def _train(workdir: str, method: str, seed: int, lr: float, cores: "queue.Queue"
 def _views(seed: int) -> None:
   """Builds (or finds) seed ``seed``'s cached trunk views in this process, on every core."""
   from nsh_jax import encoder_input, input_pipeline
-  c = runs.load_config(CONFIG)
-  for key, value in overrides("nsh", seed, BACKBONE_LR[0]).items():
-    *path, leaf = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c = runs.override(runs.load_config(CONFIG), overrides("nsh", seed, BACKBONE_LR[0]))
   encoder_input.create(c, input_pipeline.load(c), log=lambda *a: None)
 
 

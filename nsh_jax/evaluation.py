@@ -186,11 +186,12 @@ def ceilings(config, splits: Splits, emb: dict, features: Optional[Features], lo
   queries, every depth: ``'features'``, the frozen backbone's clean features (what any code
   made from them can reach), ``'trained backbone'`` (``trained``: the query and database
   features of a backbone that trained), and ``'hash layer <b>'``, the model's own
-  continuous outputs per length (what its ``b``-bit codes can reach).
+  continuous outputs per length (what its ``b``-bit codes can reach; none where ``emb`` is
+  ``None``).
   ``{row: {'map_at': {depth: mAP}, 'validation': {depth: mAP}}}``."""
   depths = _depths(config)
-  rows = {f"hash layer {b}": (emb["query"][:, :b], emb["database"][:, :b])
-          for b in bit_list(config)}
+  rows = {} if emb is None else {f"hash layer {b}": (emb["query"][:, :b], emb["database"][:, :b])
+                                 for b in bit_list(config)}
   if trained is not None:
     rows = {"trained backbone": trained, **rows}
   if features is not None:

@@ -48,6 +48,23 @@ def test_cached_views_are_two_distinct_views_per_example():
   np.testing.assert_array_equal(np.asarray(again), np.asarray(x))
 
 
+def test_the_frozen_ceiling_alone_is_the_clean_features_cosine_ranking(tmp_path):
+  # benchmarks/frozen_ceiling.py's row: no model, only the clean store's features.
+  from nsh_jax import evaluation, feature_cache, metrics
+  from nsh_jax.encoder_input import Features
+  c, splits = _config(tmp_path), _splits()
+  c.eval.top_k, c.eval.depths = 5, (0,)
+  variables, digest = _backbone(c)
+  f = feature_cache.clean_split_features(c, splits, variables, digest, log=lambda *a: 0)
+  rows = evaluation.ceilings(c, splits, None, Features(f["train"], f["query"], f["database"]),
+                             log=lambda *a: 0)
+  assert set(rows) == {"features"}
+  clean = feature_cache.clean_features(c, variables)
+  q, db = np.asarray(clean(splits.query_images)), np.asarray(clean(splits.db_images))
+  want = metrics.cosine_map(q, db, splits.query_labels, splits.db_labels, (5, None))
+  assert rows["features"]["map_at"] == pytest.approx({"5": want[5], "all": want[None]}, abs=1e-6)
+
+
 def test_extraction_is_chunked_keyed_and_resumes(tmp_path):
   from nsh_jax import feature_cache
   c, splits = _config(tmp_path), _splits()
