@@ -259,6 +259,17 @@ MUTATIONS = [
     ("the verdict never names a baseline", "nsh_jax/evaluation.py",
      "    if scores[best] > model:", "    if False:",
      "tests/test_ranking.py::test_verdict_names_a_baseline_above_the_model_on_validation"),
+    # Pooling seeds across reports (#45).
+    ("pooled std with ddof 0", "benchmarks/pool_seeds.py",
+     "/ (n - 1)) if n > 1", "/ n) if n > 1",
+     "tests/test_pool_seeds.py::test_pooled_reports_equal_the_statistics_of_all_seeds"),
+    ("curve points pooled one report one vote", "benchmarks/pool_seeds.py",
+     'curves[key].append((len(r["seeds"]), r["curves"][key]))',
+     'curves[key].append((1, r["curves"][key]))',
+     "tests/test_pool_seeds.py::test_pooled_reports_equal_the_statistics_of_all_seeds"),
+    ("the frozen ceiling alone gets hash-layer rows", "nsh_jax/evaluation.py",
+     "rows = {} if emb is None else", "rows = {} if False else",
+     "tests/test_feature_cache.py::test_the_frozen_ceiling_alone_is_the_clean_features_cosine_ranking"),
 ]
 
 
