@@ -237,8 +237,8 @@ def main():
     jobs = [(m, s, lr) for m in methods for s in args.seeds for lr in BACKBONE_LR]
     done = {j: json.load(open(os.path.join(args.workdir, name(*j), "metrics.json"))) for j in jobs
             if os.path.exists(os.path.join(args.workdir, name(*j), "metrics.json"))}
-    scores = {m: [(lr, _val(done[(m, args.seeds[0], lr)])) for lr in BACKBONE_LR
-                  if (m, args.seeds[0], lr) in done] for m in methods}
+    scores = {m: [] if given else [(lr, _val(done[(m, args.seeds[0], lr)])) for lr in BACKBONE_LR
+                                   if (m, args.seeds[0], lr) in done] for m in methods}
     kept = given or {m: max(t, key=lambda x: x[1])[0] for m, t in scores.items()
                      if len(t) == len(BACKBONE_LR)}
     print(report(args, done, kept, scores, bits, top))
