@@ -114,7 +114,8 @@ def pool(reports: list, names: list) -> str:
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("reports", nargs="+", help="trainable_table.py reports (markdown) of disjoint seeds")
+  p.add_argument("reports", nargs="+",
+                 help="trainable_table.py reports (markdown) of disjoint seeds")
   p.add_argument("--out", help="also write the pooled report (markdown) here")
   args = p.parse_args()
   text = pool([parse(open(f).read()) for f in args.reports], args.reports)
