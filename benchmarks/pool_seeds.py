@@ -27,8 +27,8 @@ _CELL = re.compile(r"^\s*(-?[0-9.]+)(?:\s*±\s*([0-9.]+))?\s*$")
 
 
 def parse(text: str) -> dict:
-  """``{'seeds', 'header', 'bits', 'rows': {row: [(n, mean, std)]}, 'paired': {row: [[d]]},
-  'curves': {(method, step): [mean]}}`` of one report."""
+  """``{'seeds', 'bits', 'rows': {row: [(n, mean, std)]}, 'paired': {row: [[d per seed] per
+  length]}, 'curves': {(method, step): [mean]}}`` of one report."""
   seeds = [int(s) for s in _SEEDS.search(text).group(1).split(",")]
   out = {"seeds": seeds, "rows": {}, "paired": {}, "curves": {}, "bits": None}
   table = None
