@@ -19,6 +19,7 @@ settings (which the library never does on import) and calls ``nsh_jax.modes``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -91,7 +92,8 @@ def _start_backends():
   from nsh_jax import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          heartbeat_timeout_s=FLAGS.heartbeat_timeout)
-  if jax.default_backend() != "cpu":  # tf.data / TFDS must not take accelerator memory
+  # tf.data / TFDS must not take accelerator memory (where TensorFlow is installed at all)
+  if jax.default_backend() != "cpu" and importlib.util.find_spec("tensorflow"):
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
 

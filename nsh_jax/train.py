@@ -70,9 +70,11 @@ def _log_step(run: _Run, done: int, m: dict, rate: float) -> None:
     mining = (f" | mining {m[f'mining_{b}bit']:.3f}, others {m[f'mining_others_{b}bit']:.3f} "
               f"(chance {m['mining_chance']:.3f}) | "
               f"hash grad sorted/rest {m['grad_hash_sorted']:.3g}/{m['grad_hash_rest']:.3g}")
+  # No rate yet at the first step after a (re)start: its time is compilation's.
+  speed = (f"{rate:.2f} steps/s | ETA {format_duration((total - done) / rate)}" if rate > 0
+           else "steps/s from the next log")
   run.log(f"step {done}/{total} | loss {m['loss']:.4f} | bit balance {m['bit_balance']:.3f} "
-          f"| {rate:.2f} steps/s | ETA {format_duration((total - done) / max(rate, 1e-9))}"
-          + mining)
+          f"| {speed}" + mining)
   if m["bit_balance"] > 0.98 and done >= run.config.train.warmup_steps:
     run.log(f"warning: codes collapsed at step {done} (every bit has the same sign in "
             f"{m['bit_balance']:.0%} of the batch): raise loss.balance_weight or lower "
@@ -238,6 +240,13 @@ def _summary(run: _Run, result: dict) -> None:
           f"{os.path.join(run.workdir, 'metrics.json')}")
 
 
+def device_peak_bytes() -> Optional[int]:
+  """The most memory any of this process's devices has held so far (``peak_bytes_in_use``),
+  where the backend counts it (GPU, TPU); ``None`` where it does not (the CPU)."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  return None if any(p is None for p in peaks) else max(peaks)
+
+
 def resolve_steps(config, n_train: int):
   """``config`` with its training length in steps: ``train.epochs > 0`` gives
   ``ceil(epochs * n_train / batch_size)`` steps (the config itself is left alone).
@@ -272,11 +281,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     log(f"training already finished at step {int(state.step)}; evaluating")
   state = _train_loop(run, state, encoder)
   run.manager.wait_until_finished()
-  log(f"training done in {format_duration(time.time() - t_start)}")
   train_seconds = time.time() - t_start
+  peak = device_peak_bytes()
+  log(f"training done in {format_duration(train_seconds)}"
+      + ("" if peak is None else f" | accelerator memory peak {peak / 2**30:.1f} GiB"))
   result = evaluation.evaluate(config, state, inputs, run.mesh, workdir=workdir, log=log,
                                encoder=encoder, reference=True)
   result["train_seconds"] = train_seconds
+  if peak is not None:
+    result["device_peak_bytes"] = peak
   _record_eval(run, result, int(config.train.steps))
   result["history"] = run.history
   result["curve"] = run.curve
