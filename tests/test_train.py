@@ -300,3 +300,27 @@ def test_epochs_set_the_steps_from_the_training_split():
   c.train.steps, c.train.epochs = -3, 1.0
   with pytest.raises(config_checks.ConfigError, match="train.steps must be >= 0"):
     config_checks.validate(c)
+
+
+def test_the_progress_line_gives_no_rate_for_the_compiling_step_and_the_eta_after():
+  """The first step after a (re)start is compilation's time: its line says the rate comes
+  with the next log, not '0.00 steps/s | ETA 555555h'; later lines give rate and ETA."""
+  from configs import default
+  from nsh_jax import train
+  lines = []
+  run = train._Run(default.get_config(), "", None, None, None, None, lines.append)
+  run.config.train.steps = 1000
+  m = {"loss": 1.0, "bit_balance": 0.5}
+  train._log_step(run, 1, m, 0.0)
+  train._log_step(run, 500, m, 2.0)
+  assert lines[0].endswith("| steps/s from the next log") and "ETA" not in lines[0]
+  assert lines[1].endswith("| 2.00 steps/s | ETA 4m10s")  # 500 steps left at 2 per second
+
+
+def test_the_accelerator_memory_peak_is_none_on_the_cpu():
+  """``device_peak_bytes`` reads the backends that count memory (GPU, TPU); the CPU does not,
+  and the trainer then prints no memory figure."""
+  import jax
+  from nsh_jax import train
+  assert jax.default_backend() == "cpu"
+  assert train.device_peak_bytes() is None
