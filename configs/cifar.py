@@ -20,7 +20,8 @@ a CPU; with ``model.train_blocks=1``, 0.6 steps/s on 2 cores, two blocks cost ~2
 BENCHMARKS.md); ``lite2_finetune`` computes the same from pixels in
 every step, with fresh augmented views at Lite2's own 260 px (``model.input='images'``): the
 accelerator's recipe (~600 GFLOP a step at batch 256: minutes per 1,000 steps on one modern
-GPU by that count, not yet timed on one, docs/results/accelerator.md; 0.06 steps/s on 2 CPU cores).  NSH and its controls with the last block trained, three seeds:
+GPU by that count, not yet timed on one, docs/results/accelerator.md; 0.06 steps/s on 2 CPU
+cores).  NSH and its controls with the last block trained, three seeds:
 docs/results/trainable_top.md; docs/results/paper_table.md has the frozen recipe and the
 ceiling of its features.
 """
