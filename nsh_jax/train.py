@@ -175,6 +175,7 @@ def _train_loop(run: _Run, state, encoder):
     if t.eval_every and done % t.eval_every == 0 and done < total:
       _record_eval(run, evaluation.evaluate(config, state, run.inputs, run.mesh,
                                             log=run.log, encoder=encoder), done)
+      t_last, s_last = time.time(), done  # the rate counts training steps, not evaluation
   return state
 
 
